@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` (main job) and `make test`. Each builds the venv it needs.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+
+.PHONY: venv demo test bench ui lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	mkdir -p $(DAGSTER_HOME)
+	$(PY) -m orchestration.demo
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+ui: venv
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+lint: venv
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,8 @@
+"""Dagster code location: one Definitions per stage, merged (assets grouped by stage in the UI)."""
+
+import dagster as dg
+
+from orchestration import resources
+from orchestration.assets import features, ingest
+
+defs = dg.Definitions.merge(resources.resources_defs, ingest.defs, features.defs)

@@ -1,0 +1,32 @@
+"""Resources and partitions shared by every stage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource, DbtProject
+from dagster_duckdb import DuckDBResource
+
+from ml.settings import PROJECT_ROOT, export_tool_env
+
+SETTINGS = export_tool_env()
+
+# One partition per day of transactions; training/evaluation/drift use the same days (D = training day).
+daily_partitions = dg.DailyPartitionsDefinition(start_date=SETTINGS.start_date, end_date=SETTINGS.end_date)
+
+DBT_PROJECT = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
+if not DBT_PROJECT.manifest_path.exists():
+    # `dagster dev` refreshes it on every load; other entry points (CLI, tests, demo) need it once.
+    DBT_PROJECT.preparer.prepare(DBT_PROJECT)
+DBT_PROJECT.prepare_if_dev()
+
+resources_defs = dg.Definitions(
+    resources={
+        # Only Dagster/dbt write the warehouse (DuckDB allows one writer process per file).
+        "duckdb": DuckDBResource(database=str(SETTINGS.warehouse)),
+        # The venv's dbt, so the CLI works without an activated venv on PATH.
+        "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=str(Path(sys.executable).parent / "dbt")),
+    }
+)
