@@ -1,4 +1,4 @@
-"""``fraud simulate``: generate a transaction file with ``ml.simulate`` (one option per SimulationConfig field)."""
+"""``fraud simulate``: write a simulated transaction file (``ml.simulate``), one option per config field."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _drift_day(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     return int(value) if value.strip().lstrip("-").isdigit() else value
 
 
-@click.command("simulate", help="Simulate card transactions (Le Borgne et al. ch. 3, optional drift) to a file.")
+@click.command("simulate", help="Simulate card transactions (Le Borgne et al. ch. 3, drift optional).")
 @click.option("--n-customers", type=click.IntRange(min=1), default=_D.n_customers, show_default=True)
 @click.option("--n-terminals", type=click.IntRange(min=1), default=_D.n_terminals, show_default=True)
 @click.option("--n-days", type=click.IntRange(min=1), default=_D.n_days, show_default=True)

@@ -86,7 +86,7 @@ DAY_S = 86_400
 GRID = 100.0
 AMOUNT_FRAUD_THRESHOLD = 220.0
 TERMINALS_PER_DAY, TERMINAL_WINDOW_DAYS = 2, 28
-CUSTOMERS_PER_DAY, CUSTOMER_WINDOW_DAYS, CUSTOMER_AMOUNT_FACTOR = 3, 14, 5.0
+CUSTOMERS_PER_DAY, CUSTOMER_WINDOW_DAYS, CUSTOMER_AMOUNT_FACTOR = 3, 15, 5.0
 CARD_TESTING_BURST = (5, 15)  # transactions per burst, inclusive
 CARD_TESTING_AMOUNT = (1.0, 10.0)
 CARD_TESTING_GAP_S = (2, 30)  # seconds between burst transactions, inclusive
@@ -260,7 +260,7 @@ def _step(bar: tqdm, name: str) -> None:
     bar.update(1)
 
 
-def simulate(config: SimulationConfig = SimulationConfig(), progress: bool = True) -> pd.DataFrame:  # noqa: B008 (frozen)
+def simulate(config: SimulationConfig = SimulationConfig(), progress: bool = True) -> pd.DataFrame:
     """Generate the transactions of ``config`` (deterministic for a config). See the module docstring."""
     cfg = config
     rngs = _rngs(cfg.seed)
@@ -297,7 +297,8 @@ def simulate(config: SimulationConfig = SimulationConfig(), progress: bool = Tru
         _step(bar, "transactions")
 
         # -- scenario 1: large amounts
-        scenario = np.where(amount > AMOUNT_FRAUD_THRESHOLD, SCENARIO_AMOUNT, SCENARIO_GENUINE).astype(np.int8)
+        scenario = np.where(amount > AMOUNT_FRAUD_THRESHOLD, SCENARIO_AMOUNT, SCENARIO_GENUINE)
+        scenario = scenario.astype(np.int8)
         _step(bar, "scenario 1")
 
         # -- scenario 2: flag (terminal, day) cells of the compromise windows, then look transactions up
