@@ -50,6 +50,7 @@ Output columns (the project contract): ``transaction_id`` (int64, unique, increa
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -61,6 +62,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 # Part of the fingerprint: bump it when a change alters the generated rows, so cached files are invalidated.
@@ -86,7 +89,7 @@ DAY_S = 86_400
 GRID = 100.0
 AMOUNT_FRAUD_THRESHOLD = 220.0
 TERMINALS_PER_DAY, TERMINAL_WINDOW_DAYS = 2, 28
-CUSTOMERS_PER_DAY, CUSTOMER_WINDOW_DAYS, CUSTOMER_AMOUNT_FACTOR = 3, 15, 5.0
+CUSTOMERS_PER_DAY, CUSTOMER_WINDOW_DAYS, CUSTOMER_AMOUNT_FACTOR = 3, 14, 5.0
 CARD_TESTING_BURST = (5, 15)  # transactions per burst, inclusive
 CARD_TESTING_AMOUNT = (1.0, 10.0)
 CARD_TESTING_GAP_S = (2, 30)  # seconds between burst transactions, inclusive
@@ -397,7 +400,10 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_transactions(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` as CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``), atomically; returns the path."""
+    """Write ``df`` as CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``), atomically; returns the path.
+
+    CSV timestamps are written to the second (``2018-04-01 00:01:39``), the simulator's resolution.
+    """
     path = Path(path)
     name = path.name.lower()
     if not name.endswith((".csv", ".csv.gz", ".parquet")):
@@ -409,8 +415,17 @@ def write_transactions(df: pd.DataFrame, path: str | Path) -> Path:
         if name.endswith(".parquet"):
             _coerce(df).to_parquet(tmp, index=False)
         else:
-            _coerce(df).to_csv(tmp, index=False, date_format="%Y-%m-%d %H:%M:%S",
-                               compression="gzip" if name.endswith(".gz") else None)
+            # pyarrow's writer is ~10x faster than DataFrame.to_csv; second-resolution stamps print bare.
+            table = pa.Table.from_pandas(_coerce(df), preserve_index=False)
+            for col in ("tx_datetime", "label_time"):
+                table = table.set_column(table.schema.get_field_index(col), col,
+                                         table[col].cast(pa.timestamp("s"), safe=False))
+            if name.endswith(".gz"):
+                # Level 1: ~8x faster than pyarrow's gzip default for a slightly larger file.
+                with gzip.open(tmp, "wb", compresslevel=1) as gz:
+                    pa_csv.write_csv(table, gz)
+            else:
+                pa_csv.write_csv(table, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -423,5 +438,7 @@ def read_transactions(path: str | Path) -> pd.DataFrame:
     if path.name.lower().endswith(".parquet"):
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, parse_dates=["tx_datetime", "label_time"])
+        types = {c: pa.timestamp("us") if t.startswith("datetime") else pa.from_numpy_dtype(np.dtype(t))
+                 for c, t in DTYPES.items()}
+        df = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=types)).to_pandas()
     return _coerce(df)
