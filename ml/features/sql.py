@@ -95,25 +95,31 @@ def _delayed_model(entity: str, feats: list[Feature]) -> str:
         "    group by t.transaction_id\n),\n\n"
     )
     lines.append("counts as (\n    select\n        transaction_id")
-    for f in feats:
-        assert f.window is not None
+    # One window per distinct length: a count and a fraud rate over the same frame share it.
+    for window in sorted({f.window for f in feats if f.window is not None}):
         lines.append(
             f",\n        count(*) over (partition by {entity} order by tx_datetime range between "
-            f"{_interval(delay + f.window)} preceding and {_interval(delay)} preceding) as n_tx_{f.name}"
+            f"{_interval(delay + window)} preceding and {_interval(delay)} preceding) as {_n_tx(window)}"
         )
     lines.append("\n    from transactions\n)\n\nselect\n    c.transaction_id")
     for f in feats:
+        assert f.window is not None
+        n_tx = f"c.{_n_tx(f.window)}"
         if f.agg == "count":
-            lines.append(f",\n    c.n_tx_{f.name} as {f.name}")
+            lines.append(f",\n    {n_tx} as {f.name}")
         elif f.agg == "fraud_rate":
             lines.append(
-                f",\n    case when c.n_tx_{f.name} > 0\n"
-                f"        then coalesce(fc.n_fraud_{f.name}, 0) / c.n_tx_{f.name} else 0 end as {f.name}"
+                f",\n    case when {n_tx} > 0\n"
+                f"        then coalesce(fc.n_fraud_{f.name}, 0) / {n_tx} else 0 end as {f.name}"
             )
         else:
             raise ValueError(f"unknown delayed_window agg {f.agg!r} for {f.name}")
     lines.append("\nfrom counts as c\nleft join fraud_counts as fc using (transaction_id)\n")
     return "".join(lines)
+
+
+def _n_tx(window: timedelta) -> str:
+    return f"n_tx_{int(window.total_seconds())}s"
 
 
 def _model_name(kind: str, entity: str) -> str:

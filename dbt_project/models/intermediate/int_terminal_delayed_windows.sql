@@ -30,25 +30,22 @@ fraud_counts as (
 counts as (
     select
         transaction_id,
-        count(*) over (partition by terminal_id order by tx_datetime range between interval '691200 seconds' preceding and interval '604800 seconds' preceding) as n_tx_terminal_nb_tx_1d,
-        count(*) over (partition by terminal_id order by tx_datetime range between interval '691200 seconds' preceding and interval '604800 seconds' preceding) as n_tx_terminal_risk_1d,
-        count(*) over (partition by terminal_id order by tx_datetime range between interval '1209600 seconds' preceding and interval '604800 seconds' preceding) as n_tx_terminal_nb_tx_7d,
-        count(*) over (partition by terminal_id order by tx_datetime range between interval '1209600 seconds' preceding and interval '604800 seconds' preceding) as n_tx_terminal_risk_7d,
-        count(*) over (partition by terminal_id order by tx_datetime range between interval '3196800 seconds' preceding and interval '604800 seconds' preceding) as n_tx_terminal_nb_tx_30d,
-        count(*) over (partition by terminal_id order by tx_datetime range between interval '3196800 seconds' preceding and interval '604800 seconds' preceding) as n_tx_terminal_risk_30d
+        count(*) over (partition by terminal_id order by tx_datetime range between interval '691200 seconds' preceding and interval '604800 seconds' preceding) as n_tx_86400s,
+        count(*) over (partition by terminal_id order by tx_datetime range between interval '1209600 seconds' preceding and interval '604800 seconds' preceding) as n_tx_604800s,
+        count(*) over (partition by terminal_id order by tx_datetime range between interval '3196800 seconds' preceding and interval '604800 seconds' preceding) as n_tx_2592000s
     from transactions
 )
 
 select
     c.transaction_id,
-    c.n_tx_terminal_nb_tx_1d as terminal_nb_tx_1d,
-    case when c.n_tx_terminal_risk_1d > 0
-        then coalesce(fc.n_fraud_terminal_risk_1d, 0) / c.n_tx_terminal_risk_1d else 0 end as terminal_risk_1d,
-    c.n_tx_terminal_nb_tx_7d as terminal_nb_tx_7d,
-    case when c.n_tx_terminal_risk_7d > 0
-        then coalesce(fc.n_fraud_terminal_risk_7d, 0) / c.n_tx_terminal_risk_7d else 0 end as terminal_risk_7d,
-    c.n_tx_terminal_nb_tx_30d as terminal_nb_tx_30d,
-    case when c.n_tx_terminal_risk_30d > 0
-        then coalesce(fc.n_fraud_terminal_risk_30d, 0) / c.n_tx_terminal_risk_30d else 0 end as terminal_risk_30d
+    c.n_tx_86400s as terminal_nb_tx_1d,
+    case when c.n_tx_86400s > 0
+        then coalesce(fc.n_fraud_terminal_risk_1d, 0) / c.n_tx_86400s else 0 end as terminal_risk_1d,
+    c.n_tx_604800s as terminal_nb_tx_7d,
+    case when c.n_tx_604800s > 0
+        then coalesce(fc.n_fraud_terminal_risk_7d, 0) / c.n_tx_604800s else 0 end as terminal_risk_7d,
+    c.n_tx_2592000s as terminal_nb_tx_30d,
+    case when c.n_tx_2592000s > 0
+        then coalesce(fc.n_fraud_terminal_risk_30d, 0) / c.n_tx_2592000s else 0 end as terminal_risk_30d
 from counts as c
 left join fraud_counts as fc using (transaction_id)
