@@ -18,7 +18,8 @@ REQUIRED = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_a
 DDL = """
 create schema if not exists raw;
 create table if not exists raw.transactions (
-    transaction_id varchar primary key,
+    -- Uniqueness is enforced by land() and dbt's unique test; a PK index would slow bulk loads.
+    transaction_id varchar not null,
     tx_datetime timestamp not null,
     customer_id varchar not null,
     terminal_id varchar not null,

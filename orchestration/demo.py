@@ -35,6 +35,8 @@ def run(selection: str | Sequence[str], partition_key: str | None = None,
         asset_selection=list(dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())),
         partition_key=partition_key,
         tags=tags,
+        # Warnings and errors only on the console; the full event log is in the instance (`make ui`).
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
 
 
