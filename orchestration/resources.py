@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from dagster_duckdb import DuckDBResource
 from ml.settings import PROJECT_ROOT, export_tool_env
 
 SETTINGS = export_tool_env()
+# dagster-dbt's manifest preparation looks for `dbt` on PATH: put this venv's first, so an unactivated
+# venv (make targets, `dg`, CI) still finds it.
+_VENV_BIN = str(Path(sys.executable).parent)
+if _VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _VENV_BIN + os.pathsep + os.environ.get("PATH", "")
 
 # One partition per day of transactions; training/evaluation/drift use the same days (D = training day).
 daily_partitions = dg.DailyPartitionsDefinition(start_date=SETTINGS.start_date, end_date=SETTINGS.end_date)
@@ -27,6 +33,6 @@ resources_defs = dg.Definitions(
         # Only Dagster/dbt write the warehouse (DuckDB allows one writer process per file).
         "duckdb": DuckDBResource(database=str(SETTINGS.warehouse)),
         # The venv's dbt, so the CLI works without an activated venv on PATH.
-        "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=str(Path(sys.executable).parent / "dbt")),
+        "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=str(Path(_VENV_BIN) / "dbt")),
     }
 )
