@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: venv demo test bench ui lint
+.PHONY: venv demo test bench ui lint drift-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ test: venv
 
 bench: venv
 	$(PY) -m benchmarks.run
+
+drift-demo: venv
+	mkdir -p $(DAGSTER_HOME)
+	$(PY) -m orchestration.drift_demo
 
 ui: venv
 	mkdir -p $(DAGSTER_HOME)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ml.cli_models import models
+from ml.cli_score import score
 from ml.cli_simulate import simulate
+from ml.cli_stream import broker, publish, worker
 
 
 @click.group()
@@ -27,3 +30,8 @@ def features_render() -> None:
 
 
 main.add_command(simulate)
+main.add_command(worker)
+main.add_command(publish)
+main.add_command(broker)
+main.add_command(models)
+main.add_command(score)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orchestration import resources
-from orchestration.assets import features, ingest
+from orchestration.assets import features, ingest, monitoring, serving, streaming, training
 
-defs = dg.Definitions.merge(resources.resources_defs, ingest.defs, features.defs)
+defs = dg.Definitions.merge(resources.resources_defs, ingest.defs, features.defs, training.defs, serving.defs,
+                            monitoring.defs, streaming.defs)

@@ -1,0 +1,106 @@
+"""The champion model as the scoring service uses it: loaded from the BentoML model store.
+
+The registry saves the promoted model as ``fraud-champion`` (metadata: ``feature_names``, ``spec_version``,
+``threshold``, ``source_tag``). ``load_champion`` turns it into a single-threaded booster plus what the
+service needs to build the feature vector; ``save_standin_champion`` saves a small booster under the same
+name for tests and benchmarks on a store that has no trained champion yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+from ml.features.spec import FEATURE_NAMES, SPEC_VERSION
+
+MODEL_NAME = "fraud-champion"
+DEFAULT_THRESHOLD = 0.5
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Champion:
+    tag: str
+    booster: xgb.Booster
+    feature_names: tuple[str, ...]
+    threshold: float
+    spec_version: str
+    source_tag: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Fraud probabilities for rows of ``x`` (columns in ``feature_names`` order)."""
+        return np.asarray(self.booster.inplace_predict(x), dtype=np.float64).reshape(-1)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """Per-feature contributions (SHAP, log-odds), one column per feature; the bias column dropped."""
+        dm = xgb.DMatrix(x, feature_names=list(self.feature_names))
+        return self.booster.predict(dm, pred_contribs=True)[:, :-1]
+
+
+def _booster_from(model) -> xgb.Booster:
+    import bentoml
+
+    if model.info.module.endswith("xgboost"):
+        loaded = bentoml.xgboost.load_model(model)
+        return loaded if isinstance(loaded, xgb.Booster) else loaded.get_booster()
+    for pattern in ("*.ubj", "*.json", "*.model"):  # a booster saved as a plain file by another framework
+        files = sorted(Path(model.path).glob(pattern))
+        if files:
+            return xgb.Booster(model_file=str(files[0]))
+    raise ValueError(f"{model.tag}: no XGBoost booster found (module {model.info.module!r})")
+
+
+def load_champion(tag: str = f"{MODEL_NAME}:latest", threshold: float | None = None) -> Champion:
+    """Load a champion and warm it up. Raises if it cannot be served with the current feature spec."""
+    import bentoml
+
+    model = bentoml.models.get(tag)
+    meta = dict(model.info.metadata)
+    names = tuple(meta.get("feature_names") or FEATURE_NAMES)
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown:
+        raise ValueError(f"{model.tag} needs features the spec does not define: {unknown}")
+    spec = str(meta.get("spec_version", ""))
+    if spec and spec != SPEC_VERSION:
+        log.warning("%s was trained on feature spec %s, serving spec is %s", model.tag, spec, SPEC_VERSION)
+    booster = _booster_from(model)
+    booster.set_param({"nthread": 1})  # one request = one small prediction; threads only add overhead
+    thr = float(threshold if threshold is not None else meta.get("threshold", DEFAULT_THRESHOLD))
+    champ = Champion(str(model.tag), booster, names, thr, spec, str(meta.get("source_tag", "")))
+    x = np.zeros((1, len(names)))
+    for _ in range(3):  # warm up: first predictions allocate caches
+        champ.predict(x)
+        champ.contributions(x)
+    return champ
+
+
+def latest_tag() -> str | None:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return str(bentoml.models.get(f"{MODEL_NAME}:latest").tag)
+    except NotFound:
+        return None
+
+
+def save_standin_champion(n_trees: int = 100, depth: int = 6, seed: int = 0, threshold: float = 0.5) -> str:
+    """A small booster on synthetic data, saved as the champion (tests/benchmarks without a trained one)."""
+    import bentoml
+
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(2.0, 20.0, size=(4000, len(FEATURE_NAMES)))
+    y = (x[:, 0] + rng.normal(0, 20, len(x)) > 80).astype(int)
+    booster = xgb.train({"max_depth": depth, "objective": "binary:logistic", "nthread": 1},
+                        xgb.DMatrix(x, label=y, feature_names=list(FEATURE_NAMES)), num_boost_round=n_trees)
+    model = bentoml.xgboost.save_model(
+        MODEL_NAME, booster,
+        labels={"role": "champion", "stand_in": "true"},
+        metadata={"feature_names": list(FEATURE_NAMES), "spec_version": SPEC_VERSION,
+                  "threshold": threshold, "source_tag": "stand-in"},
+    )
+    return str(model.tag)

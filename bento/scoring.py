@@ -1,0 +1,144 @@
+"""The scoring core behind the BentoML service: online features -> champion -> probability, decision, reasons.
+
+Kept free of BentoML's HTTP layer so it can be reasoned about (and benchmarked) on its own.
+
+Online-store failure policy (``FRAUD_STORE_FAILURE``):
+- ``closed`` (default): a transaction that cannot get its features is not scored; the service answers 503
+  with the reason, ``/readyz`` turns unready, and the payment switch applies its own fallback.
+- ``open``: score anyway from the transaction alone (cold-start entity features), marked ``degraded``.
+Either way no state is kept about the outage: the next request simply tries the store again, so the service
+recovers by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bento.champion import Champion, latest_tag, load_champion
+from bento.online_model import RiverWatcher, river_opinion
+from bento.schemas import Reason, ScoreResult
+from ml.features.online import compute_features, tx_event
+from ml.settings import Settings, get_settings
+from streaming.online_features import OnlineFeatures
+from streaming.online_store import OnlineStore, StoreUnavailable, make_store
+
+log = logging.getLogger(__name__)
+POLICIES = ("closed", "open")
+
+
+class ModelNotLoaded(RuntimeError):
+    """No champion could be loaded yet (the service answers 503 and stays unready)."""
+
+
+class Scorer:
+    def __init__(self, settings: Settings | None = None, store: OnlineStore | None = None,
+                 policy: str | None = None, n_reasons: int = 3, threshold: float | None = None):
+        self.settings = settings or get_settings()
+        self.policy = policy or os.environ.get("FRAUD_STORE_FAILURE", "closed")
+        if self.policy not in POLICIES:
+            raise ValueError(f"FRAUD_STORE_FAILURE must be one of {POLICIES}, not {self.policy!r}")
+        prefix = os.environ.get("FRAUD_REDIS_PREFIX")
+        self.store = store or make_store(self.settings, **({"prefix": prefix} if prefix else {}))
+        self.features = OnlineFeatures(self.store)
+        self.n_reasons = n_reasons
+        self.threshold = threshold if threshold is not None else _env_float("FRAUD_THRESHOLD")
+        self.champion: Champion | None = None
+        self.load_error: str | None = "not loaded yet"
+        self.river = RiverWatcher(self.settings.data_dir)
+        self._reload_lock = threading.Lock()
+
+    # -- model lifecycle -------------------------------------------------------------------------------
+    def load(self, tag: str | None = None) -> bool:
+        """Load ``tag`` (default: latest champion), swap it in atomically; keep the old one on error."""
+        with self._reload_lock:
+            try:
+                champ = load_champion(tag or "fraud-champion:latest", threshold=self.threshold)
+            except Exception as exc:
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                log.error("cannot load champion %s: %s", tag or "latest", self.load_error)
+                return False
+            self.champion, self.load_error = champ, None  # one reference swap: in-flight requests keep theirs
+            log.info("serving champion %s", champ.tag)
+            return True
+
+    def reload_if_newer(self) -> str | None:
+        """Pick up a newly promoted champion; returns its tag if one was loaded."""
+        self.river.refresh()
+        tag = latest_tag()
+        current = self.champion.tag if self.champion else None
+        if tag is not None and tag != current and self.load(tag):
+            return tag
+        return None
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.champion is None:
+            return False, f"model not loaded ({self.load_error})"
+        try:
+            self.store.ping()
+        except StoreUnavailable as exc:
+            return False, f"online store unreachable ({exc}); failure policy: {self.policy}"
+        return True, f"ready: model {self.champion.tag}, store {type(self.store).__name__}"
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def score(self, txs: Sequence[dict[str, Any]], reasons: bool = True) -> list[ScoreResult]:
+        """Score transactions (each applied to the online state). Raises StoreUnavailable (fail-closed)."""
+        champ = self.champion
+        if champ is None:
+            raise ModelNotLoaded(f"no champion loaded: {self.load_error}")
+        degraded = False
+        try:
+            feats = self.features.score_many(txs)
+        except StoreUnavailable:
+            if self.policy == "closed":
+                raise
+            degraded = True  # fail-open: the transaction alone, as for a customer/terminal never seen
+            feats = [compute_features(tx_event(tx), {}) for tx in txs]
+        x = np.array([[f[n] for n in champ.feature_names] for f in feats], dtype=np.float64)
+        proba = champ.predict(x)
+        contribs = champ.contributions(x) if reasons else None
+        river = self.river.model
+        out = []
+        for i, (tx, f) in enumerate(zip(txs, feats, strict=True)):
+            p = float(proba[i])
+            out.append(ScoreResult(
+                transaction_id=str(tx["transaction_id"]), fraud_probability=p,
+                decision="decline" if p >= champ.threshold else "approve", threshold=champ.threshold,
+                model_tag=champ.tag,
+                reasons=self._reasons(champ, x[i], contribs[i]) if contribs is not None else [],
+                online_model_probability=river_opinion(river, f), degraded=degraded))
+        return out
+
+    def _reasons(self, champ: Champion, row: np.ndarray, contrib: np.ndarray) -> list[Reason]:
+        top = np.argsort(-contrib, kind="stable")[: self.n_reasons]
+        return [Reason(feature=champ.feature_names[j], value=float(row[j]), contribution=float(contrib[j]))
+                for j in top]
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+class ChampionPoller(threading.Thread):
+    """Background check for a newly promoted champion every ``interval_s`` seconds (0 disables)."""
+
+    def __init__(self, scorer: Scorer, interval_s: float):
+        super().__init__(daemon=True, name="champion-poller")
+        self.scorer, self.interval_s = scorer, interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            try:
+                self.scorer.reload_if_newer()
+            except Exception as exc:  # never let the poller die silently on a transient store error
+                log.warning("champion poll failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()

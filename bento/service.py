@@ -1,0 +1,113 @@
+"""BentoML scoring service: ``bentoml serve`` from the repo root (= ``bento.service:FraudScorer``).
+
+Endpoints: ``POST /score`` (one transaction), ``POST /score_batch`` (up to ``MAX_BATCH``), ``POST /reload``
+(pick up a newly promoted champion now), plus BentoML's ``/livez``, ``/readyz`` (model loaded and online
+store reachable; the 503 body says why not), ``/metrics`` (Prometheus) and ``/docs`` (OpenAPI UI).
+
+Configuration (environment): ``FRAUD_ONLINE_STORE`` memory|redis, ``FRAUD_REDIS_URL``, ``FRAUD_REDIS_PREFIX``,
+``FRAUD_STORE_FAILURE`` closed|open, ``FRAUD_THRESHOLD`` (overrides the champion's), ``FRAUD_MODEL_POLL_S``
+(seconds between checks for a new champion, default 30, 0 = off), ``FRAUD_SERVE_WORKERS`` (default 1;
+use Redis for more than one, the in-process store is private to a worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from bento.champion import MODEL_NAME
+from bento.schemas import MAX_BATCH, BatchResult, ScoreResult, Transaction
+from bento.scoring import ChampionPoller, ModelNotLoaded, Scorer
+from ml.settings import export_tool_env
+from streaming.online_store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+export_tool_env()  # BENTOML_HOME inside the project's data directory unless set
+
+_decisions = bentoml.metrics.Counter(name="fraud_decisions_total", documentation="Scored transactions.",
+                                     labelnames=["decision"])
+_store_errors = bentoml.metrics.Counter(name="fraud_store_errors_total",
+                                        documentation="Requests that could not reach the online store.")
+
+
+def _unavailable(exc: Exception) -> JSONResponse:
+    if isinstance(exc, StoreUnavailable):
+        _store_errors.inc()
+        return JSONResponse({"error": "online store unavailable (fail-closed policy)", "detail": str(exc)},
+                            status_code=503)
+    return JSONResponse({"error": "no champion model loaded", "detail": str(exc)}, status_code=503)
+
+
+@bentoml.service(
+    name="fraud_scorer",
+    workers=int(os.environ.get("FRAUD_SERVE_WORKERS", "1")),
+    traffic={"timeout": 10},
+    logging={"access": {"enabled": os.environ.get("FRAUD_ACCESS_LOG", "0") == "1"}},
+)
+class FraudScorer:
+    # Declared so `bentoml build` packs the champion into the Bento; loaded (and hot-swapped) by Scorer.
+    model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+
+    def __init__(self) -> None:
+        self.scorer = Scorer()
+        try:
+            tag = str(self.model.tag)
+        except Exception as exc:  # no champion yet: stay up, unready, and keep polling for one
+            log.error("no %s in the model store: %s", MODEL_NAME, exc)
+            tag = None
+        if tag is not None:
+            self.scorer.load(tag)
+        self.scorer.river.refresh()
+        self.poller = ChampionPoller(self.scorer, float(os.environ.get("FRAUD_MODEL_POLL_S", "30")))
+        if self.poller.interval_s > 0:
+            self.poller.start()
+
+    def __is_ready__(self) -> bool:
+        ok, why = self.scorer.readiness()
+        if not ok:
+            raise HTTPException(status_code=503, detail=why)
+        return True
+
+    @bentoml.api(route="/score")
+    async def score(self, tx: Transaction, /) -> ScoreResult:
+        """Score one transaction: fraud probability, decision, model tag, top reasons, River's opinion."""
+        try:
+            (result,) = self.scorer.score([tx.as_event()])
+        except (StoreUnavailable, ModelNotLoaded) as exc:
+            return _unavailable(exc)  # type: ignore[return-value]
+        _decisions.labels(decision=result.decision).inc()
+        return result
+
+    @bentoml.api(route="/score_batch")
+    async def score_batch(self, transactions: list[Transaction], with_reasons: bool = False) -> BatchResult:
+        """Score up to MAX_BATCH transactions (in time order). Reasons only if ``with_reasons``."""
+        if not transactions:
+            raise InvalidArgument("transactions must not be empty")
+        if len(transactions) > MAX_BATCH:
+            raise InvalidArgument(
+                f"batch of {len(transactions)} transactions exceeds the maximum of {MAX_BATCH}")
+        try:
+            results = self.scorer.score([t.as_event() for t in transactions], reasons=with_reasons)
+        except (StoreUnavailable, ModelNotLoaded) as exc:
+            return _unavailable(exc)  # type: ignore[return-value]
+        for r in results:
+            _decisions.labels(decision=r.decision).inc()
+        return BatchResult(results=results)
+
+    @bentoml.api(route="/reload")
+    def reload(self) -> dict:
+        """Load the latest promoted champion now (without dropping requests); returns what is served."""
+        loaded = self.scorer.reload_if_newer()
+        champ = self.scorer.champion
+        return {"reloaded": loaded is not None, "model_tag": champ.tag if champ else None,
+                "error": self.scorer.load_error}
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.poller.stop()
+        self.scorer.store.close()

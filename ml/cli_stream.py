@@ -1,0 +1,145 @@
+"""`fraud worker`, `fraud publish`, `fraud broker`: the streaming path from the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+
+def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str | None):
+    from ml.settings import get_settings
+    from ml.sources import resolve_source
+    from streaming.sources import load_transactions
+
+    settings = get_settings()
+    if from_warehouse:
+        return load_transactions(warehouse=settings.warehouse, start=start, end=end)
+    return load_transactions(path=Path(path) if path else resolve_source(settings), start=start, end=end)
+
+
+@click.command("worker")
+@click.option("--events", type=click.Choice(["replay", "kafka"]), default=None,
+              help="Event source (default FRAUD_EVENTS, else replay).")
+@click.option("--store", type=click.Choice(["memory", "redis"]), default=None,
+              help="Online store (default FRAUD_ONLINE_STORE, else memory).")
+@click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Replay this CSV/Parquet file (default: the configured source).")
+@click.option("--from-warehouse", is_flag=True, help="Replay raw.transactions (read-only).")
+@click.option("--start", default=None, help="Replay transactions from this date (ISO).")
+@click.option("--end", default=None, help="Replay transactions before this date (ISO).")
+@click.option("--speedup", type=float, default=None, help="Replay: event time runs N times wall time.")
+@click.option("--rate", type=float, default=None, help="Replay: emit N events per second.")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")
+@click.option("--idle-timeout", type=float, default=None,
+              help="Kafka: stop after N idle seconds (then release buffered labels). Default: run forever.")
+@click.option("--max-events", type=int, default=None, help="Stop after N events.")
+@click.option("--model", default=None, help="River model (see streaming.river_model.CANDIDATES).")
+@click.option("--no-champion", is_flag=True, help="Score with River only.")
+@click.option("--fresh", is_flag=True, help="Ignore (delete) the existing checkpoint and start over.")
+@click.option("--checkpoint-every", type=int, default=50_000, show_default=True,
+              help="Events per checkpoint.")
+@click.option("--redis-prefix", default=None, help="Key prefix in Redis (default fraud:).")
+def worker(events, store, path, from_warehouse, start, end, speedup, rate, bootstrap, idle_timeout,
+           max_events, model, no_champion, fresh, checkpoint_every, redis_prefix) -> None:
+    """Run the stream worker: online features, XGBoost + River scores, River learning, drift events."""
+    import dataclasses
+    import logging
+    import shutil
+
+    from ml.settings import get_settings
+    from streaming import checkpoint as ckpt
+    from streaming.river_model import make_model
+    from streaming.worker import KafkaSink, Sink, Worker, build_store, load_champion, streaming_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = get_settings()
+    settings = dataclasses.replace(settings, events=events or settings.events,
+                                   online_store=store or settings.online_store,
+                                   kafka_bootstrap=bootstrap or settings.kafka_bootstrap)
+    if fresh:
+        shutil.rmtree(ckpt.river_dir(settings), ignore_errors=True)
+    if settings.events == "kafka":
+        from streaming.sources import KafkaSource
+
+        source = KafkaSource(settings.kafka_bootstrap)
+        sink: Sink = KafkaSink(settings.kafka_bootstrap)
+    elif settings.events == "replay":
+        from streaming.sources import ReplaySource
+
+        source = ReplaySource(_frame(path, from_warehouse, start, end), speedup=speedup, rate=rate)
+        sink = Sink(streaming_dir(settings))
+    else:
+        raise click.UsageError(f"FRAUD_EVENTS must be replay or kafka, not {settings.events!r}")
+    champion = None if no_champion else load_champion(settings)
+    click.echo(f"worker: events={settings.events} store={settings.online_store} "
+               f"champion={champion.tag if champion else 'none (River only)'}", err=True)
+    w = Worker(source, sink, build_store(settings, redis_prefix), settings, champion=champion,
+               model=make_model(model) if model else None, checkpoint_every=checkpoint_every)
+    try:
+        stats = w.run(max_events=max_events, idle_timeout=idle_timeout)
+    finally:
+        w.close()
+    out = stats.summary() | {"rolling": w.model.rolling_metrics(), "checkpoint": str(w.checkpoint_dir)}
+    click.echo(json.dumps(out, indent=2, default=str))
+
+
+@click.command("publish")
+@click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV/Parquet file to publish (default: the configured source, e.g. the simulation).")
+@click.option("--from-warehouse", is_flag=True, help="Publish raw.transactions from the warehouse.")
+@click.option("--start", default=None, help="From this date (ISO).")
+@click.option("--end", default=None, help="Before this date (ISO).")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")
+@click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
+@click.option("--no-labels", is_flag=True, help="Publish transactions only.")
+def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels) -> None:
+    """Publish transactions (and their labels, at label_time order) to Kafka."""
+    from ml.settings import get_settings
+    from streaming.kafka_io import encode, ensure_topics, producer_config
+    from streaming.sources import merged_events
+
+    from confluent_kafka import Producer  # isort: skip
+
+    bootstrap = bootstrap or get_settings().kafka_bootstrap
+    df = _frame(path, from_warehouse, start, end)
+    ensure_topics(bootstrap)
+    producer = Producer(producer_config(bootstrap))
+    t0 = time.perf_counter()
+    n = 0
+    for topic, value in merged_events(df):
+        if no_labels and topic == "labels":
+            continue
+        if rate:
+            delay = t0 + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        while True:
+            try:
+                producer.produce(topic, encode(value), str(value["transaction_id"]))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        if n % 5000 == 0:
+            producer.poll(0)
+    left = producer.flush(60)
+    if left:
+        raise click.ClickException(f"{left} message(s) not delivered to {bootstrap}")
+    click.echo(f"published {n:,} events to {bootstrap} in {time.perf_counter() - t0:.1f}s")
+
+
+@click.command("broker")
+@click.option("--port", type=int, default=9092, show_default=True)
+def broker(port: int) -> None:
+    """Run a local Kafka-compatible broker (tansu, in-memory) until Ctrl-C."""
+    from streaming.broker import start_broker
+
+    b = start_broker(port, quiet=False)
+    click.echo(f"tansu listening on {b.bootstrap} (export FRAUD_KAFKA_BOOTSTRAP={b.bootstrap})", err=True)
+    try:
+        b.process.wait()
+    except KeyboardInterrupt:
+        b.stop()

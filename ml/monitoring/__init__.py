@@ -1,0 +1,1 @@
+"""Drift monitoring: Evidently reports, thresholds and the retraining decision."""

@@ -1,0 +1,209 @@
+"""One day of monitoring against the champion: the reports, the signals and the retraining decision.
+
+Shared by the Dagster assets (``orchestration/assets/monitoring.py``) and the drift demo, so the UI and the
+measured loop run the same code. Reads the warehouse through a DuckDB connection (read-only is enough).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.monitoring import drift
+from ml.monitoring.decisions import (
+    Decision,
+    Signal,
+    decide,
+    feature_drift_signal,
+    quality_signal,
+    score_drift_signal,
+    stream_signal,
+)
+from ml.monitoring.thresholds import DriftThresholds
+from ml.settings import Settings
+
+
+@dataclass(frozen=True)
+class Champion:
+    """What monitoring needs of a model: its booster, features, reference window and own evaluation."""
+
+    tag: str
+    booster: Any  # xgboost.Booster
+    feature_names: tuple[str, ...]
+    train_start: datetime
+    train_end: datetime
+    threshold: float
+    average_precision: float | None
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        import xgboost as xgb
+
+        X = frame[list(self.feature_names)].to_numpy(dtype="float32")
+        return self.booster.predict(xgb.DMatrix(X, feature_names=list(self.feature_names)))
+
+
+def champion_ap(metadata: Mapping[str, Any]) -> float | None:
+    """The champion's own average precision: its gate evaluation if any, else its validation AP."""
+    decision = metadata.get("decision") or {}
+    for source in (decision.get("challenger_metrics") or {}, metadata.get("metrics") or {}):
+        for key in ("average_precision", "valid_average_precision"):
+            value = source.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                return float(value)
+    return None
+
+
+def champion_from_model(model: Any) -> Champion:
+    """A ``Champion`` from a BentoML model of the registry (``ml.registry.champion()``)."""
+    from ml.registry import load_booster
+
+    md = model.info.metadata
+    return Champion(
+        str(model.tag),
+        load_booster(model),
+        tuple(md["feature_names"]),
+        pd.Timestamp(md["train_start"]).to_pydatetime(),
+        pd.Timestamp(md["train_end"]).to_pydatetime(),
+        float(md["threshold"]),
+        champion_ap(md),
+    )
+
+
+def current_champion() -> Champion:
+    from ml.registry import champion
+
+    model = champion()
+    if model is None:
+        raise LookupError(
+            "no champion model yet: materialize the training stage (xgb_model and the gate) first"
+        )
+    return champion_from_model(model)
+
+
+def day_bounds(day: str | datetime) -> tuple[datetime, datetime]:
+    start = pd.Timestamp(day).normalize().to_pydatetime()
+    return start, start + timedelta(days=1)
+
+
+class Reference:
+    """The champion's reference sample (features and scores), loaded once per champion."""
+
+    def __init__(self, con: Any, champ: Champion, t: DriftThresholds):
+        cols = tuple(dict.fromkeys((*t.features, *champ.feature_names)))
+        self.frame = drift.load_features(
+            con, champ.train_start, champ.train_end, cols, sample=t.reference_sample
+        )
+        if len(self.frame) < t.min_rows:
+            raise ValueError(
+                f"champion {champ.tag}'s training window {champ.train_start}..{champ.train_end} has "
+                f"{len(self.frame)} rows in the warehouse (< {t.min_rows}): is it loaded?"
+            )
+        self.scores = champ.predict(self.frame)
+        self.tag = champ.tag
+
+
+@dataclass
+class DayReports:
+    day: str
+    feature: drift.FeatureDrift | None
+    score: drift.ScoreDrift | None
+    signals: list[Signal]
+    paths: dict[str, str]
+    current_scores: np.ndarray | None = None
+    current_labels: np.ndarray | None = None
+
+
+def drift_day(
+    con: Any,
+    champ: Champion,
+    ref: Reference,
+    day: str,
+    t: DriftThresholds,
+    settings: Settings | None = None,
+    stream_events: list[dict] | None = None,
+    save: bool = True,
+) -> DayReports:
+    """Label-free reports of ``day`` (feature and score drift) with their signals; saved if ``settings``."""
+    start, end = day_bounds(day)
+    cols = tuple(dict.fromkeys((*t.features, *champ.feature_names)))
+    cur = drift.load_features(con, start, end, cols)
+    paths: dict[str, str] = {}
+    feature = score = None
+    scores = champ.predict(cur) if len(cur) else np.zeros(0)
+    if len(cur) >= t.min_rows:
+        feature = drift.feature_drift_report(ref.frame, cur, t, start)
+        score = drift.score_drift_report(ref.scores, scores, t, start)
+        if settings is not None and save:
+            for kind, snap in (("feature_drift", feature.snapshot), ("prediction_drift", score.snapshot)):
+                paths[kind] = str(drift.save_report(snap, settings, kind, start))
+                drift.log_run(snap, settings, kind)
+    signals = [
+        feature_drift_signal(feature.scores if feature else {}, len(cur), t),
+        score_drift_signal(score.score if score else None, len(cur), t),
+        stream_signal(stream_events, t),
+    ]
+    labels = cur["tx_fraud"].to_numpy() if len(cur) else None
+    return DayReports(day, feature, score, signals, paths, scores, labels)
+
+
+def quality_day(
+    con: Any,
+    champ: Champion,
+    day: str,
+    t: DriftThresholds,
+    known_at: datetime | None = None,
+    settings: Settings | None = None,
+    save: bool = True,
+) -> tuple[drift.Quality | None, Signal, str]:
+    """Classification quality of ``day`` with the labels known at ``known_at`` (default: all loaded)."""
+    start, end = day_bounds(day)
+    cur = drift.load_features(con, start, end, champ.feature_names)
+    if known_at is not None:
+        known = cur["label_time"].notna() & (cur["label_time"] <= pd.Timestamp(known_at))
+        cur = cur[known & cur["tx_fraud"].notna()]
+    else:
+        cur = cur[cur["tx_fraud"].notna()]
+    if len(cur) == 0:
+        return None, quality_signal(None, champ.average_precision, 0, t), ""
+    q = drift.quality_report(cur["tx_fraud"].to_numpy(), champ.predict(cur), champ.threshold, start)
+    path = ""
+    if settings is not None and save:
+        path = str(drift.save_report(q.snapshot, settings, "classification_quality", start))
+        drift.log_run(q.snapshot, settings, "classification_quality")
+    return q, quality_signal(q.average_precision, champ.average_precision, q.frauds, t), path
+
+
+def read_stream_events(settings: Settings, day: str) -> list[dict] | None:
+    """Drift events of the stream worker on ``day`` (None when the worker never wrote the file)."""
+    path: Path = settings.data_dir / "streaming" / "drift_events.jsonl"
+    if not path.exists():
+        return None
+    start, end = day_bounds(day)
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+            at = (
+                pd.Timestamp(event["time"]).tz_localize(None)
+                if pd.Timestamp(event["time"]).tzinfo is None
+                else pd.Timestamp(event["time"]).tz_convert("UTC").tz_localize(None)
+            )
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line while the worker writes: skip it, the next read gets it whole
+        if start <= at.to_pydatetime() < end:
+            out.append(event)
+    return out
+
+
+def decision_for(day: str, signals: list[Signal]) -> Decision:
+    return decide(day, signals)

@@ -1,0 +1,264 @@
+"""Evidently (0.7, current API) reports for one day: feature drift, prediction (score) drift, quality.
+
+Each ``*_report`` returns the Evidently ``Snapshot`` plus the numbers the checks need; ``save_report``
+writes the HTML (and JSON) under ``reports_dir/drift/<day>/`` and ``log_run`` adds the snapshot to the local
+Evidently workspace (``data_dir/evidently``) so ``evidently ui --workspace data/evidently`` shows every day
+over time. Reference data = a sample of the champion's training window; current = the day.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from evidently import BinaryClassification, DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
+from evidently.metrics import DriftedColumnsCount, ValueDrift
+from evidently.presets import ClassificationPreset
+from sklearn.metrics import average_precision_score
+
+from ml.monitoring.thresholds import DriftThresholds
+from ml.settings import Settings
+
+FEATURES_TABLE = "main.fct_transaction_features"
+SCORE = "score"
+TARGET = "tx_fraud"
+
+PROJECTS = {
+    "feature_drift": "fraud: feature drift",
+    "prediction_drift": "fraud: prediction drift",
+    "classification_quality": "fraud: classification quality",
+}
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    snapshot: Snapshot
+    scores: dict[str, float]  # per monitored feature, Evidently's drift score
+    share: float  # Evidently's DriftedColumnsCount share
+    rows: int
+
+
+@dataclass(frozen=True)
+class ScoreDrift:
+    snapshot: Snapshot
+    score: float
+    rows: int
+    reference_mean: float
+    current_mean: float
+
+
+@dataclass(frozen=True)
+class Quality:
+    snapshot: Snapshot
+    average_precision: float  # nan when the day has no fraud
+    metrics: dict[str, float]  # Evidently's classification metrics (accuracy, precision, recall, roc_auc...)
+    rows: int
+    frauds: int
+
+
+def _ts(day: str | date | datetime) -> datetime:
+    return pd.Timestamp(day).to_pydatetime()
+
+
+def load_features(
+    con: Any,
+    start: str | date | datetime,
+    end: str | date | datetime,
+    columns: tuple[str, ...],
+    sample: int | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Feature rows with ``tx_datetime`` in [start, end) (plus ids, label, label_time), optionally sampled.
+
+    Sampling is deterministic (hash of the transaction id), so the same window gives the same reference.
+    """
+    cols = ", ".join(f'"{c}"' for c in ("transaction_id", "tx_datetime", TARGET, "label_time", *columns))
+    where = "tx_datetime >= ? AND tx_datetime < ?"
+    params: list[Any] = [pd.Timestamp(start).to_pydatetime(), pd.Timestamp(end).to_pydatetime()]
+    order = "ORDER BY tx_datetime, transaction_id"
+    if sample:
+        n = con.execute(f"SELECT count(*) FROM {FEATURES_TABLE} WHERE {where}", params).fetchone()[0]
+        if n > sample:
+            order = f"ORDER BY hash(transaction_id || '{seed}') LIMIT {int(sample)}"
+    return con.execute(f"SELECT {cols} FROM {FEATURES_TABLE} WHERE {where} {order}", params).df()
+
+
+def _numeric(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return df[columns].astype("float64")
+
+
+def feature_drift_report(
+    reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, day: str | date | datetime
+) -> FeatureDrift:
+    """Per-feature drift (``t.feature_method``) of the day vs. the reference, and the drifted share."""
+    cols = list(t.features)
+    missing = [c for c in cols if c not in reference.columns or c not in current.columns]
+    if missing:
+        raise ValueError(f"feature drift needs columns {missing} in both reference and current data")
+    definition = DataDefinition(numerical_columns=cols)
+    report = Report(
+        [
+            DriftedColumnsCount(
+                columns=cols,
+                num_method=t.feature_method,
+                num_threshold=t.feature_threshold,
+                drift_share=t.drifted_share,
+            ),
+            *[ValueDrift(column=c, method=t.feature_method, threshold=t.feature_threshold) for c in cols],
+        ]
+    )
+    snap = report.run(
+        Dataset.from_pandas(_numeric(current, cols), data_definition=definition),
+        Dataset.from_pandas(_numeric(reference, cols), data_definition=definition),
+        timestamp=_ts(day),
+        tags=["feature_drift"],
+        name=f"feature drift {pd.Timestamp(day):%Y-%m-%d}",
+    )
+    scores: dict[str, float] = {}
+    share = float("nan")
+    for m in snap.dict()["metrics"]:
+        kind = m["config"]["type"].rsplit(":", 1)[-1]
+        if kind == "ValueDrift":
+            scores[m["config"]["column"]] = float(m["value"])
+        elif kind == "DriftedColumnsCount":
+            share = float(m["value"]["share"])
+    return FeatureDrift(snap, scores, share, len(current))
+
+
+def score_drift_report(
+    reference_scores: np.ndarray, current_scores: np.ndarray, t: DriftThresholds, day: str | date | datetime
+) -> ScoreDrift:
+    """Drift of the champion's score distribution: the day vs. the reference window."""
+    definition = DataDefinition(numerical_columns=[SCORE])
+    ref = pd.DataFrame({SCORE: np.asarray(reference_scores, dtype="float64")})
+    cur = pd.DataFrame({SCORE: np.asarray(current_scores, dtype="float64")})
+    snap = Report([ValueDrift(column=SCORE, method=t.score_method, threshold=t.score_threshold)]).run(
+        Dataset.from_pandas(cur, data_definition=definition),
+        Dataset.from_pandas(ref, data_definition=definition),
+        timestamp=_ts(day),
+        tags=["prediction_drift"],
+        name=f"prediction drift {pd.Timestamp(day):%Y-%m-%d}",
+    )
+    value = float(snap.dict()["metrics"][0]["value"])
+    return ScoreDrift(snap, value, len(cur), float(ref[SCORE].mean()), float(cur[SCORE].mean()))
+
+
+def quality_report(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, day: str | date | datetime
+) -> Quality:
+    """Classification quality of the day once its labels are known; AP computed with scikit-learn
+    (Evidently 0.7 has no average-precision metric)."""
+    y = np.asarray(labels).astype("int64")
+    p = np.asarray(scores, dtype="float64")
+    if len(y) != len(p) or len(y) == 0:
+        raise ValueError(
+            f"quality needs as many labels as scores and at least one row ({len(y)} vs {len(p)})"
+        )
+    frauds = int(y.sum())
+    ap = float(average_precision_score(y, p)) if 0 < frauds < len(y) else float("nan")
+    df = pd.DataFrame({TARGET: y, SCORE: p})
+    definition = DataDefinition(
+        numerical_columns=[SCORE],
+        categorical_columns=[TARGET],
+        classification=[BinaryClassification(target=TARGET, prediction_probas=SCORE)],
+    )
+    snap = Report([ClassificationPreset(probas_threshold=threshold)]).run(
+        Dataset.from_pandas(df, data_definition=definition),
+        None,
+        timestamp=_ts(day),
+        tags=["classification_quality"],
+        metadata={"average_precision": ap},
+        name=f"classification quality {pd.Timestamp(day):%Y-%m-%d}",
+    )
+    metrics: dict[str, float] = {}
+    for m in snap.dict()["metrics"]:
+        value = m.get("value")
+        if isinstance(value, int | float) and m["config"]["type"].rsplit(":", 1)[-1] in (
+            "Accuracy",
+            "Precision",
+            "Recall",
+            "F1Score",
+            "RocAuc",
+            "LogLoss",
+            "FPR",
+            "FNR",
+        ):
+            metrics[m["config"]["type"].rsplit(":", 1)[-1].lower()] = float(value)
+    return Quality(snap, ap, metrics, len(y), frauds)
+
+
+def report_dir(settings: Settings, day: str | date | datetime) -> Path:
+    return settings.reports_dir / "drift" / f"{pd.Timestamp(day):%Y-%m-%d}"
+
+
+def save_report(snapshot: Snapshot, settings: Settings, kind: str, day: str | date | datetime) -> Path:
+    """Write ``<kind>.html`` and ``<kind>.json`` for the day; returns the HTML path."""
+    folder = report_dir(settings, day)
+    folder.mkdir(parents=True, exist_ok=True)
+    html = folder / f"{kind}.html"
+    snapshot.save_html(str(html))
+    snapshot.save_json(str(folder / f"{kind}.json"))
+    return html
+
+
+def workspace_path(settings: Settings) -> Path:
+    return settings.data_dir / "evidently"
+
+
+def log_run(snapshot: Snapshot, settings: Settings, kind: str) -> str:
+    """Add the snapshot to the kind's project of the local Evidently workspace; returns the snapshot id."""
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace.create(str(workspace_path(settings)))
+    name = PROJECTS[kind]
+    found = ws.search_project(name)
+    project = found[0] if found else _create_project(ws, name, kind)
+    return str(ws.add_run(project.id, snapshot).id)
+
+
+def _create_project(ws: Any, name: str, kind: str) -> Any:
+    """A project with a dashboard of the kind's key numbers over time."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    project = ws.create_project(name, description="Daily reports written by the monitoring stage.")
+    if kind == "feature_drift":
+        values = [
+            PanelMetric(
+                legend="drifted share", metric="DriftedColumnsCount", metric_labels={"value_type": "share"}
+            )
+        ]
+    elif kind == "prediction_drift":
+        values = [PanelMetric(legend="score drift", metric="ValueDrift", metric_labels={"column": SCORE})]
+    else:
+        values = [
+            PanelMetric(legend="ROC AUC", metric="RocAuc"),
+            PanelMetric(legend="recall", metric="Recall"),
+        ]
+    try:
+        project.dashboard.add_panel(line_plot_panel(title=name, values=values), tab="Over time")
+    except Exception:  # a dashboard is a convenience; the runs are what matter
+        pass
+    return project
+
+
+def to_jsonable(value: Any) -> Any:
+    """Floats made JSON-safe (nan -> None), for metadata and reports."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value), indent=2, default=str)

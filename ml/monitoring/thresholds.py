@@ -1,0 +1,105 @@
+"""When to retrain: every threshold of the drift checks, with the reasoning behind it.
+
+The values were tuned on the drift demo's simulations (``make drift-demo``): a stable simulation must raise
+at most one alarm per 30 days, the injected drift (card testing + genuine spending shift) must be flagged
+within a day of its onset. Change them in ``DriftThresholds`` (or via ``FRAUD_DRIFT_*`` variables, see
+``from_env``); ``docs/monitoring.md`` records the measured false-alarm rate and detection delay.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+
+from ml.features.spec import FEATURE_NAMES
+
+# Distance methods of Evidently (higher = more drift; drift when score >= threshold). p-value tests are left
+# out on purpose: with thousands of rows a day they call every tiny, harmless difference significant.
+DISTANCE_METHODS = frozenset({"wasserstein", "psi", "jensenshannon", "hellinger", "kl_div"})
+
+# Calendar features are a function of the date alone: a Saturday's rows all have tx_during_weekend = 1, so
+# comparing one day with a multi-week reference would "drift" every weekend. They carry no drift signal.
+CALENDAR_FEATURES = ("tx_during_weekend",)
+
+
+def _monitored() -> tuple[str, ...]:
+    return tuple(f for f in FEATURE_NAMES if f not in CALENDAR_FEATURES)
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    # -- feature drift (no labels needed) -------------------------------------------------------------
+    features: tuple[str, ...] = field(default_factory=_monitored)
+    # Normalised Wasserstein distance (distance / reference std), Evidently's default for numeric columns
+    # with > 1000 rows: robust to sample size (unlike KS p-values) and read as "the distribution moved by
+    # 0.1 reference standard deviations". Day-to-day noise on a stable simulation stays well below it.
+    feature_method: str = "wasserstein"
+    feature_threshold: float = 0.1
+    # Share of monitored features that must drift. One drifting feature is common noise on small days (a
+    # busy terminal, a few large purchases); a quarter of them (>= 5 of 17) moving together is a shift in
+    # behaviour. Concentrated shifts that move few features are caught by the score check below.
+    drifted_share: float = 0.25
+
+    # -- prediction (score) drift (no labels needed) --------------------------------------------------
+    # The champion's fraud-probability distribution today vs. on its reference window. Scores summarise
+    # exactly the features the model relies on, so a shift there matters even when few features move.
+    # Wasserstein on scores is normalised by the reference score std (small: most scores are near 0), so
+    # 0.15 is a shift of 15% of that spread, above the stable simulation's daily noise.
+    score_method: str = "wasserstein"
+    score_threshold: float = 0.15
+
+    # -- classification quality (needs the day's labels, known after the label delay) ------------------
+    # Average precision of the day vs. the champion's own evaluation. Daily AP over a few dozen frauds is
+    # noisy (stable days vary by ~0.1), so only a drop larger than that noise is an alarm.
+    ap_tolerance: float = 0.15
+    # Fewer frauds than this in a day and AP is too noisy to judge: the check reports "not evaluated".
+    min_frauds_for_ap: int = 10
+
+    # -- stream drift events (River's ADWIN detectors on the error streams) ----------------------------
+    # A detector change is evidence, but ADWIN also fires on the normal ebb and flow of errors; several
+    # events on one day point at a real change.
+    stream_events: int = 3
+
+    # -- data sizes ----------------------------------------------------------------------------------
+    # Reference rows sampled from the champion's training window: enough for stable histograms, small
+    # enough that a daily report takes seconds.
+    reference_sample: int = 5000
+    # Below this many rows in the day the drift checks report "not evaluated" rather than guess.
+    min_rows: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("feature_method", "score_method"):
+            if getattr(self, name) not in DISTANCE_METHODS:
+                raise ValueError(
+                    f"{name} must be one of {sorted(DISTANCE_METHODS)}, not {getattr(self, name)!r}"
+                )
+        unknown = set(self.features) - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown monitored features {sorted(unknown)}")
+        if not self.features:
+            raise ValueError("at least one feature must be monitored")
+        if not 0 < self.drifted_share <= 1:
+            raise ValueError("drifted_share must be in (0, 1]")
+        for name in ("feature_threshold", "score_threshold", "ap_tolerance"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.reference_sample < 100 or self.min_rows < 1 or self.stream_events < 1:
+            raise ValueError("reference_sample >= 100, min_rows >= 1 and stream_events >= 1 are required")
+
+    @classmethod
+    def from_env(cls) -> DriftThresholds:
+        """Defaults overridden by ``FRAUD_DRIFT_<FIELD>`` variables (e.g. FRAUD_DRIFT_DRIFTED_SHARE=0.3)."""
+        overrides: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"FRAUD_DRIFT_{f.name.upper()}")
+            if raw in (None, ""):
+                continue
+            if f.name == "features":
+                overrides[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+            elif f.name.endswith("_method"):
+                overrides[f.name] = raw
+            elif f.name in ("stream_events", "reference_sample", "min_rows", "min_frauds_for_ap"):
+                overrides[f.name] = int(raw)
+            else:
+                overrides[f.name] = float(raw)
+        return replace(cls(), **overrides)

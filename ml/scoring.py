@@ -1,0 +1,78 @@
+"""Batch scoring: every transaction of a date range, scored by the champion on the offline (dbt) features.
+
+Reads the warehouse read-only (the warehouse holds whichever source the pipeline ingested: simulator or a
+user's file) and streams it in Arrow batches, so the range can be larger than memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ml.settings import get_settings
+from ml.training.training_set import FEATURES_TABLE
+
+OUT_SCHEMA = pa.schema([("transaction_id", pa.string()), ("score", pa.float64()), ("model", pa.string())])
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    rows: int
+    model: str
+    seconds: float
+    out: Path
+
+
+def score_range(start: date, end: date, out: Path, model_tag: str | None = None,
+                warehouse: Path | None = None, batch_rows: int = 200_000) -> ScoreStats:
+    """Score transactions with tx_datetime in [start, end] (whole days, end included) into Parquet ``out``."""
+    from ml import registry
+    from ml.training.train import predict
+
+    if end < start:
+        raise ValueError(f"--to {end} is before --from {start}")
+    model = registry.get(model_tag) if model_tag else registry.champion()
+    if model is None:
+        raise RuntimeError("no champion model in the registry: train one (Dagster group 'training') or "
+                           "promote a model with `fraud models promote TAG`")
+    booster = registry.load_booster(model)
+    names = list(model.info.metadata["feature_names"])
+    warehouse = Path(warehouse or get_settings().warehouse)
+    if not warehouse.exists():
+        raise FileNotFoundError(f"warehouse {warehouse} not found: run ingest and features first")
+    t0 = time.perf_counter()
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        cols = {r[0] for r in con.execute(f"describe {FEATURES_TABLE}").fetchall()}
+        missing = [n for n in names if n not in cols]
+        if missing:
+            raise ValueError(f"model {model.tag} needs feature(s) {missing} absent from the warehouse")
+        feats = ", ".join(f'"{n}"' for n in names)
+        reader = con.sql(
+            f"select transaction_id, {feats} from {FEATURES_TABLE} "
+            "where tx_datetime >= ? and tx_datetime < ? order by tx_datetime, transaction_id",
+            params=[start, end + timedelta(days=1)],
+        ).to_arrow_reader(batch_rows)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows, tag = 0, str(model.tag)
+        with pq.ParquetWriter(out, OUT_SCHEMA) as writer:
+            for batch in reader:
+                X = np.column_stack([batch.column(n).to_numpy(zero_copy_only=False).astype(np.float32)
+                                     for n in names])
+                scores = predict(booster, X, names).astype(np.float64)
+                writer.write_table(pa.table({
+                    "transaction_id": batch.column("transaction_id").cast(pa.string()),
+                    "score": scores, "model": pa.array([tag] * len(scores), pa.string()),
+                }, schema=OUT_SCHEMA))
+                rows += len(scores)
+    finally:
+        con.close()
+    return ScoreStats(rows, str(model.tag), time.perf_counter() - t0, out)

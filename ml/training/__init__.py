@@ -1,0 +1,1 @@
+"""Daily XGBoost training: point-in-time training sets (``training_set``) and the fit (``train``)."""

@@ -1,0 +1,130 @@
+"""Kafka plumbing: topic creation, a batching producer, and an assign()-based consumer.
+
+Topics (``streaming.events``): ``transactions``, ``labels`` in; ``scores``, ``dead-letter``, ``drift`` out.
+The worker assigns partitions itself and keeps offsets in its own checkpoint (with the River model and the
+online store position), so it needs no consumer-group coordination; offsets are also committed to the group
+``fraud-worker`` for lag monitoring only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from streaming.events import (
+    TOPIC_DEAD_LETTER,
+    TOPIC_DRIFT,
+    TOPIC_LABELS,
+    TOPIC_SCORES,
+    TOPIC_TRANSACTIONS,
+)
+
+ALL_TOPICS = (TOPIC_TRANSACTIONS, TOPIC_LABELS, TOPIC_SCORES, TOPIC_DEAD_LETTER, TOPIC_DRIFT)
+GROUP_ID = "fraud-worker"
+
+
+def producer_config(bootstrap: str, **overrides) -> dict:
+    # Batch produce: a few ms of linger turns single sends into batches (throughput); lz4 keeps them small.
+    cfg = {"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
+           "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000, "log_level": 3,
+           "enable.idempotence": False}
+    cfg.update(overrides)
+    return cfg
+
+
+def consumer_config(bootstrap: str, **overrides) -> dict:
+    cfg = {"bootstrap.servers": bootstrap, "group.id": GROUP_ID, "enable.auto.commit": False,
+           "auto.offset.reset": "earliest", "enable.partition.eof": False, "log_level": 3,
+           "fetch.wait.max.ms": 5, "queued.min.messages": 20000}
+    cfg.update(overrides)
+    return cfg
+
+
+def ensure_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions: int = 1,
+                  timeout: float = 10.0) -> None:
+    """Create missing topics (an existing topic is fine)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+    if not new:
+        return
+    for topic, fut in admin.create_topics(new, request_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+        except KafkaException as e:
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise RuntimeError(f"cannot create topic {topic}: {e}") from e
+
+
+def partitions_of(bootstrap: str, topic: str, timeout: float = 10.0) -> list[int]:
+    from confluent_kafka.admin import AdminClient
+
+    md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(topic, timeout=timeout)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        raise RuntimeError(f"topic {topic!r} not found on {bootstrap}")
+    return sorted(t.partitions)
+
+
+def _json_default(v):
+    if isinstance(v, datetime):
+        return v.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def encode(obj: dict) -> bytes:
+    return json.dumps(obj, default=_json_default, separators=(",", ":")).encode()
+
+
+def publish(producer, items: Iterable[tuple[str, bytes, bytes | None]]) -> int:
+    """Produce (topic, value, key) items, serving delivery callbacks as the local queue fills."""
+    n = 0
+    for topic, value, key in items:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:  # local queue full: let librdkafka send, then retry
+                producer.poll(0.05)
+        n += 1
+        if n % 5000 == 0:
+            producer.poll(0)
+    return n
+
+
+def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """High watermark per partition (how many messages a topic holds, for tests and benchmarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(consumer_config(bootstrap, **{"group.id": "fraud-inspect"}))
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in partitions_of(bootstrap, topic, timeout)}
+    finally:
+        c.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict]:
+    """Every message of a topic from the beginning, decoded as JSON (tests, small inspections)."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = end_offsets(bootstrap, topic, timeout)
+    c = Consumer(consumer_config(bootstrap, **{"group.id": "fraud-inspect"}))
+    c.assign([TopicPartition(topic, p, 0) for p in ends])
+    out: list[dict] = []
+    want = sum(ends.values())
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < want and time.monotonic() < deadline:
+            for m in c.consume(num_messages=10000, timeout=0.5):
+                if m.error() is None:
+                    out.append(json.loads(m.value()))
+    finally:
+        c.close()
+    return out

@@ -1,0 +1,160 @@
+"""Monitoring: Evidently drift checks fire on a drifted day and stay quiet on a stable one; the Dagster
+assets carry the evidence in metadata; the sensor turns a failed check into a retraining run request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+DAY = "2018-05-24"
+
+
+def _drifted(df: pd.DataFrame) -> pd.DataFrame:
+    """The injected drift's signature: genuine amounts x1.5, more night activity, card-testing bursts."""
+    out = df.copy()
+    for c in ("tx_amount", "customer_avg_amount_1d", "customer_avg_amount_7d", "customer_avg_amount_30d"):
+        out[c] = out[c] * 1.5
+    rng = np.random.default_rng(0)
+    out.loc[rng.random(len(out)) < 0.2, "tx_during_night"] = 1.0
+    burst = rng.random(len(out)) < 0.1
+    out.loc[burst, "customer_nb_tx_1h"] += rng.integers(3, 12, int(burst.sum()))
+    out.loc[burst, "customer_nb_tx_1d"] += 8
+    out.loc[burst, "terminal_nb_tx_1h"] += 5
+    return out
+
+
+@pytest.fixture(scope="module")
+def champ(warehouse: Path):
+    """A small champion trained on the warehouse, promoted through the registry's gate."""
+    from ml import registry
+    from ml.monitoring.daily import champion_from_model
+    from ml.training.train import XGBParams, fit, model_metadata
+    from ml.training.training_set import WindowConfig, build
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        data = build(con, "2018-05-17", WindowConfig(train_days=14, valid_days=7))
+    res = fit(data, XGBParams(n_rounds=40, early_stopping_rounds=10))
+    tag = registry.save_candidate(res.booster, model_metadata(data, res))
+    registry.promote(tag, "monitoring test champion")
+    return champion_from_model(registry.champion())
+
+
+def test_thresholds_validate_and_read_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.monitoring.thresholds import DriftThresholds
+
+    assert "tx_during_weekend" not in DriftThresholds().features
+    monkeypatch.setenv("FRAUD_DRIFT_DRIFTED_SHARE", "0.4")
+    assert DriftThresholds.from_env().drifted_share == 0.4
+    with pytest.raises(ValueError, match="feature_method"):
+        DriftThresholds(feature_method="ks")
+    with pytest.raises(ValueError, match="unknown monitored"):
+        DriftThresholds(features=("nope",))
+
+
+def test_decision_combines_signals_with_evidence() -> None:
+    from ml.monitoring.decisions import decide, quality_signal, score_drift_signal, stream_signal
+    from ml.monitoring.thresholds import DriftThresholds
+
+    t = DriftThresholds()
+    quiet = decide(
+        "d", [score_drift_signal(0.01, 1000, t), quality_signal(0.7, 0.72, 30, t), stream_signal([], t)]
+    )
+    assert not quiet.retrain and not quiet.reasons
+    loud = decide(
+        "d",
+        [
+            score_drift_signal(0.5, 1000, t),
+            quality_signal(0.3, 0.72, 30, t),
+            stream_signal([{"detector": "ADWIN", "stream": "river_error"}] * 3, t),
+        ],
+    )
+    assert loud.retrain and len(loud.reasons) == 3 and loud.label_free_flag
+    assert "score_drift: FIRED" in loud.reasons[0]
+    # Too little data: not evaluated, never an alarm.
+    few = decide(
+        "d", [score_drift_signal(0.9, 10, t), quality_signal(0.0, 0.72, 2, t), stream_signal(None, t)]
+    )
+    assert not few.retrain and all(not s.evaluated for s in few.signals)
+
+
+def test_checks_fire_on_drifted_day_and_stay_quiet_on_stable(warehouse: Path, champ, tmp_path: Path) -> None:
+    from ml.monitoring import drift
+    from ml.monitoring.daily import Reference, day_bounds
+    from ml.monitoring.decisions import feature_drift_signal, score_drift_signal
+    from ml.monitoring.thresholds import DriftThresholds
+
+    t = DriftThresholds(reference_sample=3000)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        ref = Reference(con, champ, t)
+        day = drift.load_features(con, *day_bounds(DAY), tuple(champ.feature_names))
+    assert len(day) >= t.min_rows
+    stable = drift.feature_drift_report(ref.frame, day, t, DAY)
+    drifted_df = _drifted(day)
+    drifted = drift.feature_drift_report(ref.frame, drifted_df, t, DAY)
+    s_sig, d_sig = (
+        feature_drift_signal(stable.scores, len(day), t),
+        feature_drift_signal(drifted.scores, len(day), t),
+    )
+    assert not s_sig.fired, s_sig.detail
+    assert d_sig.fired and {"tx_amount", "customer_nb_tx_1h"} <= set(d_sig.detail["drifted"])
+    assert 0 <= stable.share < t.drifted_share <= drifted.share  # Evidently's own count agrees
+    s_score = drift.score_drift_report(ref.scores, champ.predict(day), t, DAY)
+    d_score = drift.score_drift_report(ref.scores, champ.predict(drifted_df), t, DAY)
+    assert not score_drift_signal(s_score.score, len(day), t).fired
+    assert score_drift_signal(d_score.score, len(day), t).fired
+    assert d_score.score > s_score.score
+
+
+def test_assets_write_reports_and_evidence_and_sensor_requests_retraining(
+    warehouse: Path, champ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from ml.monitoring.drift import workspace_path
+    from ml.settings import get_settings
+    from orchestration import resources
+    from orchestration.assets import monitoring
+    from orchestration.demo import instance
+
+    inst = instance()
+    assets = [monitoring.feature_drift_report, monitoring.prediction_drift_report]
+    res = dg.materialize(
+        assets,
+        partition_key=DAY,
+        instance=inst,
+        resources=resources.resources_defs.resources,
+        selection=[a.key for a in assets],
+        raise_on_error=True,
+    )
+    assert res.success
+    checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    assert checks[monitoring.FEATURE_CHECK].passed and checks[monitoring.SCORE_CHECK].passed
+    meta = res.asset_materializations_for_node("feature_drift_report")[0].metadata
+    assert Path(meta["html"].value).exists() and "top_features" in meta
+    assert "evidence" in checks[monitoring.FEATURE_CHECK].metadata
+    assert (workspace_path(get_settings())).exists()
+    # Nothing failed yet: the sensor skips.
+    ctx = dg.build_sensor_context(instance=inst)
+    assert isinstance(monitoring.retrain_on_drift_sensor(ctx), dg.SkipReason)
+
+    # A threshold no day can meet: the feature check fails and the sensor asks for retraining.
+    monkeypatch.setenv("FRAUD_DRIFT_DRIFTED_SHARE", "0.01")
+    monkeypatch.setenv("FRAUD_DRIFT_FEATURE_THRESHOLD", "0.0001")
+    res = dg.materialize(
+        [monitoring.feature_drift_report],
+        partition_key=DAY,
+        instance=inst,
+        resources=resources.resources_defs.resources,
+        raise_on_error=True,
+    )
+    failed = [e for e in res.get_asset_check_evaluations() if e.check_name == monitoring.FEATURE_CHECK][0]
+    assert not failed.passed and failed.metadata["evidence"].value["drifted"]
+    requests = monitoring.retrain_on_drift_sensor(dg.build_sensor_context(instance=inst, cursor=ctx.cursor))
+    assert isinstance(requests, list) and len(requests) == 1
+    req = requests[0]
+    assert req.partition_key == "2018-05-25" and dg.AssetKey("xgb_model") in req.asset_selection
+    assert req.tags["fraud/trigger_partition"] == DAY and "FIRED" in req.tags["fraud/evidence"]

@@ -1,0 +1,136 @@
+"""The online feature path on hand-made edge cases, checked against dbt run on the same rows.
+
+Same-instant ties (ids compared as strings), window bounds exactly at t - w and t - d - w, a label known
+exactly at t, a label at its own transaction's time, idempotent re-delivery and cold start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import require_service  # pytest imports tests/conftest.py as `conftest`
+
+from ml.features.spec import FEATURE_NAMES
+from ml.settings import PROJECT_ROOT
+from streaming.online_features import OnlineFeatures
+from streaming.online_store import MemoryStore, RedisStore, StoreUnavailable
+from streaming.parity import replay_parity
+
+T0 = datetime(2018, 4, 2, 10, 0, 0)
+D, H, US = timedelta(days=1), timedelta(hours=1), timedelta(microseconds=1)
+
+
+def _rows() -> list[tuple]:
+    """(id, time, customer, terminal, amount, fraud, label_time)."""
+    f_label = T0 + 8 * D  # fraud at T0 on terminal T1, known exactly when "g" happens
+    return [
+        ("a", T0, "C1", "T1", 10.0, 1, f_label),
+        ("b", T0, "C1", "T2", 30.0, 0, T0 + 7 * D),
+        ("10", T0 + H, "C2", "T1", 5.0, None, None),   # "10" < "9" as strings: 10 sees nothing of 9
+        ("9", T0 + H, "C2", "T1", 7.0, None, None),
+        ("c", T0 + D, "C1", "T3", 20.0, None, None),    # exactly t - 1d from a and b: both in its 1d window
+        ("d", T0 + D + US, "C1", "T3", 40.0, None, None),  # a and b just left its 1d window
+        ("e", T0 + 2 * D, "C3", "T4", 1.0, 1, T0 + 2 * D),  # labelled at its own time
+        ("g", T0 + 8 * D, "C4", "T1", 50.0, None, None),  # [t-8d, t-7d] = [T0, T0+1d]: a (label at t) counts
+        ("h", T0 + 8 * D - US, "C4", "T1", 60.0, None, None),  # label not yet known
+        ("i", T0 + 10 * D + H, "C5", "T4", 3.0, None, None),  # e at t - 7d - 1d - 1h: outside 1d, inside 7d
+        ("j", T0 + 11 * D, "C5", "T4", 3.0, 0, T0 + 11 * D),
+    ]
+
+
+@pytest.fixture(scope="module")
+def edge_warehouse(tmp_path_factory) -> Path:
+    """A DuckDB file with the hand-made rows, with dbt's feature models built on it (the real SQL)."""
+    tmp = tmp_path_factory.mktemp("edge")
+    db = tmp / "edge.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("create schema raw")
+        con.execute("create table raw.transactions (transaction_id varchar, tx_datetime timestamp, "
+                    "customer_id varchar, terminal_id varchar, tx_amount double, tx_fraud integer, "
+                    "label_time timestamp)")
+        con.executemany("insert into raw.transactions values (?, ?, ?, ?, ?, ?, ?)", _rows())
+    env = {**os.environ, "FRAUD_WAREHOUSE": str(db)}
+    dbt = str(Path(sys.executable).parent / "dbt")
+    proj = PROJECT_ROOT / "dbt_project"
+    res = subprocess.run([dbt, "run", "--project-dir", str(proj), "--profiles-dir", str(proj),
+                          "--target-path", str(tmp / "target"), "--log-path", str(tmp / "logs"),
+                          "--select", "+fct_transaction_features"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return db
+
+
+def _dbt_row(db: Path, tid: str) -> dict[str, float]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        row = con.execute(f"select {', '.join(FEATURE_NAMES)} from main.fct_transaction_features "
+                          "where transaction_id = ?", [tid]).fetchone()
+    return dict(zip(FEATURE_NAMES, row, strict=True))
+
+
+def test_edge_cases_match_dbt(edge_warehouse: Path) -> None:
+    report = replay_parity(edge_warehouse, MemoryStore())
+    assert report.compared == len(_rows())
+    assert report.ok, (report.by_feature, report.examples)
+
+
+def test_edge_case_values(edge_warehouse: Path) -> None:
+    b, c, d = (_dbt_row(edge_warehouse, t) for t in ("b", "c", "d"))
+    assert (b["customer_nb_tx_1d"], b["customer_avg_amount_1d"]) == (2.0, 20.0)  # a before b at one instant
+    assert c["customer_nb_tx_1d"] == 3.0 and d["customer_nb_tx_1d"] == 2.0
+    assert _dbt_row(edge_warehouse, "10")["customer_nb_tx_1h"] == 1.0
+    assert _dbt_row(edge_warehouse, "9")["customer_nb_tx_1h"] == 2.0
+    g, h = _dbt_row(edge_warehouse, "g"), _dbt_row(edge_warehouse, "h")
+    assert (g["terminal_nb_tx_1d"], g["terminal_risk_1d"]) == (3.0, 1 / 3)  # a, 10, 9; a's label known at t
+    assert h["terminal_risk_1d"] == 0.0 and h["terminal_nb_tx_1d"] == 3.0
+    i = _dbt_row(edge_warehouse, "i")
+    assert (i["terminal_nb_tx_1d"], i["terminal_risk_7d"]) == (0.0, 1.0)
+
+
+def _tx(tid: str, t: datetime, cust: str = "C", term: str = "T", amount: float = 10.0) -> dict:
+    return {"transaction_id": tid, "tx_datetime": t, "customer_id": cust, "terminal_id": term,
+            "tx_amount": amount}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def online(request):
+    if request.param == "memory":
+        yield OnlineFeatures(MemoryStore())
+        return
+    store = RedisStore(prefix=f"test-online:{uuid.uuid4().hex}:")
+    try:
+        store.ping()
+        ok = True
+    except StoreUnavailable:
+        ok = False
+    require_service(ok, "Redis at 127.0.0.1:6379")
+    yield OnlineFeatures(store)
+    store.clear()
+
+
+def test_idempotent_and_cold_start(online: OnlineFeatures) -> None:
+    cold = online.score_features(_tx("1", T0, amount=25.0))
+    assert cold["customer_nb_tx_30d"] == 1.0 and cold["customer_avg_amount_30d"] == 25.0
+    assert cold["terminal_nb_tx_30d"] == 0.0 and cold["terminal_risk_30d"] == 0.0
+    assert cold["amount_to_customer_avg_30d"] == 1.0
+    assert online.score_features(_tx("1", T0, amount=25.0)) == cold  # re-delivery does not double count
+    second = online.score_features(_tx("2", T0 + H, amount=35.0))
+    assert second["customer_nb_tx_1d"] == 2.0 and second["customer_avg_amount_1d"] == 30.0
+    peek = online.features_at(_tx("3", T0 + 2 * H))
+    assert peek["customer_nb_tx_1d"] == 3.0
+    assert online.features_at(_tx("3", T0 + 2 * H)) == peek  # read-only: nothing recorded
+
+
+def test_labels(online: OnlineFeatures) -> None:
+    online.score_features(_tx("f", T0))
+    assert online.apply_label("f", 1, T0 + 7 * D)
+    assert not online.apply_label("unknown", 1, T0)
+    assert online.features_at(_tx("x", T0 + 7 * D))["terminal_risk_1d"] == 1.0
+    assert online.features_at(_tx("x", T0 + 7 * D - US))["terminal_risk_1d"] == 0.0
+    assert online.apply_label("f", 0, T0 + 7 * D)  # a corrected label replaces the earlier one
+    assert online.features_at(_tx("x", T0 + 7 * D))["terminal_risk_1d"] == 0.0

@@ -1,0 +1,222 @@
+"""The BentoML scoring service through HTTP: valid scoring, every bad-input case, cold start, hot reload,
+Redis down and back (a private redis-server on its own port; the shared one on 6379 is never touched),
+and a real `bentoml serve` process answering /score, /readyz, /metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from ml.settings import PROJECT_ROOT, export_tool_env
+
+export_tool_env()  # BENTOML_HOME inside the tests' private data dir, before BentoML reads it
+
+from conftest import require_service  # noqa: E402  (pytest imports tests/conftest.py as `conftest`)
+
+from bento.champion import latest_tag, save_standin_champion  # noqa: E402
+from bento.schemas import MAX_BATCH  # noqa: E402
+
+TX = {"transaction_id": "t-1", "tx_datetime": "2018-09-30T12:00:00Z", "customer_id": 7,
+      "terminal_id": "T-9", "tx_amount": 42.5}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def champion() -> str:
+    return latest_tag() or save_standin_champion(n_trees=20)
+
+
+_APP = []
+
+
+def _client(monkeypatch, **env: str):
+    """A client on the service's ASGI app; the service instance (built at startup) reads ``env``."""
+    from starlette.testclient import TestClient
+
+    from bento.service import FraudScorer
+
+    monkeypatch.setenv("FRAUD_MODEL_POLL_S", "0")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if not _APP:  # one app per process: BentoML registers its Prometheus metrics once
+        _APP.append(FraudScorer.to_asgi())
+    return TestClient(_APP[0])
+
+
+@pytest.fixture
+def client(monkeypatch):
+    with _client(monkeypatch, FRAUD_ONLINE_STORE="memory") as c:
+        yield c
+
+
+def test_score_valid(client) -> None:
+    r = client.post("/score", json=TX)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["transaction_id"] == "t-1"
+    assert 0.0 <= body["fraud_probability"] <= 1.0
+    assert body["decision"] in ("approve", "decline")
+    assert body["model_tag"].startswith("fraud-champion:")
+    assert len(body["reasons"]) == 3 and {"feature", "value", "contribution"} <= set(body["reasons"][0])
+    assert body["online_model_probability"] is None and body["degraded"] is False
+    assert client.get("/readyz").status_code == 200 and client.get("/livez").status_code == 200
+
+
+def test_cold_start_then_history(client) -> None:
+    """Never-seen customer/terminal: scored, not an error; its state then builds up."""
+    r1 = client.post("/score", json={**TX, "transaction_id": "cold-1", "customer_id": "new-c",
+                                     "terminal_id": "new-t"})
+    assert r1.status_code == 200, r1.text
+    from bento.scoring import Scorer
+    from streaming.online_store import MemoryStore
+
+    scorer = Scorer(store=MemoryStore())
+    feats = scorer.features.score_features({**TX, "tx_datetime": "2018-09-30T12:00:00", "customer_id": "x"})
+    assert feats["customer_nb_tx_1d"] == 1.0 and feats["terminal_risk_30d"] == 0.0
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({k: v for k, v in TX.items() if k != "customer_id"}, "customer_id"),  # missing field
+    ({**TX, "tx_amount": "12.5"}, "tx_amount"),  # wrong type
+    ({**TX, "tx_amount": -1.0}, "tx_amount"),  # negative amount
+    ({**TX, "terminal_id": {"id": 3}}, "terminal_id"),  # wrong type
+    ({**TX, "transaction_id": ""}, "transaction_id"),  # empty id
+    ({**TX, "tx_datetime": "yesterday"}, "tx_datetime"),  # invalid time
+])
+def test_bad_input_is_400_with_reason(client, payload, field) -> None:
+    r = client.post("/score", json=payload)
+    assert r.status_code == 400, r.text
+    assert any(field in d["loc"] for d in r.json()["detail"]), r.text
+
+
+def test_malformed_json_is_400(client) -> None:
+    r = client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "json" in r.text.lower()
+
+
+def test_batch(client) -> None:
+    txs = [{**TX, "transaction_id": f"b-{i}", "tx_datetime": f"2018-09-30T12:00:{i:02d}"} for i in range(5)]
+    r = client.post("/score_batch", json={"transactions": txs})
+    assert r.status_code == 200, r.text
+    assert [x["transaction_id"] for x in r.json()["results"]] == [t["transaction_id"] for t in txs]
+    r = client.post("/score_batch", json={"transactions": txs[:1], "with_reasons": True})
+    assert len(r.json()["results"][0]["reasons"]) == 3
+
+
+def test_batch_limits(client) -> None:
+    r = client.post("/score_batch", json={"transactions": [TX] * (MAX_BATCH + 1)})
+    assert r.status_code == 400 and "maximum" in r.text
+    assert client.post("/score_batch", json={"transactions": []}).status_code == 400
+    r = client.post("/score_batch", json={"transactions": [TX, {**TX, "tx_amount": -5}]})
+    assert r.status_code == 400 and "tx_amount" in r.text
+
+
+def test_hot_reload(client) -> None:
+    before = client.post("/score", json=TX).json()["model_tag"]
+    new_tag = save_standin_champion(n_trees=10, seed=1)
+    r = client.post("/reload")
+    assert r.status_code == 200 and r.json() == {"reloaded": True, "model_tag": new_tag, "error": None}
+    after = client.post("/score", json={**TX, "transaction_id": "t-2"}).json()["model_tag"]
+    assert (before, after) != (after, after) and after == new_tag
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of our own on a free port, so it can be stopped and restarted."""
+    exe = shutil.which("redis-server")
+    require_service(exe is not None, "redis-server binary")
+    port = _free_port()
+
+    def start() -> None:
+        subprocess.run([exe, "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "yes"],
+                       check=True, capture_output=True)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    def stop() -> None:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        time.sleep(0.2)
+
+    start()
+    yield port, start, stop
+    stop()
+
+
+def test_redis_down_and_back_fail_closed(monkeypatch, private_redis) -> None:
+    port, start, stop = private_redis
+    with _client(monkeypatch, FRAUD_ONLINE_STORE="redis", FRAUD_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                 FRAUD_STORE_FAILURE="closed") as c:
+        assert c.post("/score", json=TX).status_code == 200
+        stop()
+        r = c.post("/score", json={**TX, "transaction_id": "t-down"})
+        assert r.status_code == 503 and "online store" in r.text
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "online store unreachable" in ready.text
+        assert c.get("/livez").status_code == 200  # alive, just not ready
+        start()
+        r = c.post("/score", json={**TX, "transaction_id": "t-back"})
+        assert r.status_code == 200, r.text
+        assert c.get("/readyz").status_code == 200
+
+
+def test_redis_down_fail_open(monkeypatch, private_redis) -> None:
+    port, start, stop = private_redis
+    with _client(monkeypatch, FRAUD_ONLINE_STORE="redis", FRAUD_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                 FRAUD_STORE_FAILURE="open") as c:
+        stop()
+        r = c.post("/score", json=TX)
+        assert r.status_code == 200 and r.json()["degraded"] is True
+        assert c.get("/readyz").status_code == 503
+        start()
+        assert c.post("/score", json={**TX, "transaction_id": "t-2"}).json()["degraded"] is False
+
+
+def test_bentoml_serve_process(tmp_path) -> None:
+    """`bentoml serve` from the repo root: /score with reasons, /readyz, /metrics, OpenAPI."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory"}
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    proc = subprocess.Popen([bentoml, "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
+                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10)
+        log = (tmp_path / "serve.log").read_text()[-3000:]
+        assert r.status_code == 200 and len(r.json()["reasons"]) == 3, log
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
+        spec = httpx.get(f"{base}/docs.json", timeout=5).json()
+        assert {"/score", "/score_batch", "/reload"} <= set(spec["paths"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

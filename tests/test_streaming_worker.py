@@ -1,0 +1,126 @@
+"""Stream worker behaviour: dead letters (replay and the real broker), idempotent labels, the checkpoint the
+service reads, and the Dagster streaming group (snapshot asset, drift sensor)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny() -> pd.DataFrame:
+    from ml.simulate import SimulationConfig, simulate
+
+    return simulate(SimulationConfig(n_customers=60, n_terminals=120, n_days=12, seed=5), progress=False)
+
+
+def _settings(tmp: Path):
+    from ml.settings import get_settings
+
+    return dataclasses.replace(get_settings(), data_dir=tmp, online_store="memory")
+
+
+def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFrame, tmp_path: Path) -> None:
+    from streaming.sources import ReplaySource
+    from streaming.worker import Sink, Worker, build_store
+
+    df = tiny.copy()
+    df["tx_amount"] = df["tx_amount"].astype(float)
+    df.loc[5, "tx_amount"] = -3.0  # violates the contract
+    settings = _settings(tmp_path)
+    sink = Sink(tmp_path / "out", keep_scores=True)
+    w = Worker(ReplaySource(df), sink, build_store(settings), settings, restore=False)
+    stats = w.run()
+    dead = [json.loads(line) for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
+    assert any("tx_amount" in d["reason"] and d["source_topic"] == "transactions" for d in dead)
+    assert stats.transactions == len(df) - 1 == len({s["transaction_id"] for s in sink.scores})
+    assert stats.labels_learned == len(df) - 1  # the bad row's label is dead-lettered (no transaction)
+    assert any("never saw" in d["reason"] for d in dead) or stats.labels_received == len(df)
+    # A replayed label (duplicate delivery) is not learnt twice.
+    tid = str(df.loc[10, "transaction_id"])
+    before = w.model.n_learned
+    w._labels([(w.watermark_us, tid, 1)])
+    assert w.model.n_learned == before and w.stats.duplicate_labels == 1
+
+
+def test_service_reads_river_checkpoint(tiny: pd.DataFrame, tmp_path: Path) -> None:
+    from ml.features.spec import FEATURE_NAMES
+    from streaming.checkpoint import load_model, river_dir
+    from streaming.sources import ReplaySource
+    from streaming.worker import Sink, Worker, build_store
+
+    settings = _settings(tmp_path)
+    assert load_model(river_dir(settings)) is None
+    w = Worker(ReplaySource(tiny), Sink(), build_store(settings), settings, restore=False)
+    w.run()
+    model = load_model(river_dir(settings))
+    x = dict.fromkeys(FEATURE_NAMES, 1.0)
+    assert model is not None and model.n_learned == len(tiny)
+    assert model.predict(x) == pytest.approx(w.model.predict(x))
+
+
+def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    from streaming.broker import running_broker
+    from streaming.kafka_io import ensure_topics, producer_config, read_topic
+    from streaming.sources import KafkaSource
+    from streaming.worker import KafkaSink, Worker, build_store
+
+    settings = _settings(tmp_path)
+    with running_broker() as broker:
+        ensure_topics(broker.bootstrap)
+        p = Producer(producer_config(broker.bootstrap))
+        good = {"transaction_id": "t1", "tx_datetime": "2018-04-01T10:00:00", "customer_id": "c1",
+                "terminal_id": "k1", "tx_amount": 12.5}
+        p.produce("transactions", json.dumps(good).encode())
+        p.produce("transactions", b"{not json")
+        p.produce("transactions", json.dumps(good | {"transaction_id": "t2", "tx_amount": "lots"}).encode())
+        p.produce("labels", json.dumps({"transaction_id": "t1", "tx_fraud": 1,
+                                        "label_time": "2018-04-08T10:00:00"}).encode())
+        p.flush(10)
+        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), build_store(settings), settings,
+                   restore=False)
+        try:
+            stats = w.run(max_events=4, idle_timeout=5)
+        finally:
+            w.close()
+        dead = read_topic(broker.bootstrap, "dead-letter")
+        scores = read_topic(broker.bootstrap, "scores")
+    assert stats.transactions == 1 and stats.labels_learned == 1
+    assert sorted(d["offset"] for d in dead) == [1, 2]
+    assert any(d["reason"].startswith("not JSON") for d in dead)
+    assert any("tx_amount" in d["reason"] for d in dead)
+    assert [s["transaction_id"] for s in scores] == ["t1"]
+
+
+def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None:
+    import dagster as dg
+
+    from ml.settings import get_settings
+    from orchestration.assets.streaming import drift_event_sensor, river_snapshot
+    from streaming.sources import ReplaySource
+    from streaming.worker import Sink, Worker, build_store
+
+    settings = dataclasses.replace(get_settings(), online_store="memory")  # the tests' private data dir
+    w = Worker(ReplaySource(tiny), Sink(), build_store(settings), settings, restore=False)
+    w.run()
+    result = dg.materialize([river_snapshot])
+    meta = result.asset_materializations_for_node("river_snapshot")[0].metadata
+    assert meta["rolling_labels_learned"].value == len(tiny)
+    assert Path(meta["snapshot"].value).exists()
+
+    drift_file = settings.data_dir / "streaming" / "drift_events.jsonl"
+    drift_file.parent.mkdir(parents=True, exist_ok=True)
+    event = {"time": "2018-05-01T00:00:00", "detector": "ADWIN", "stream": "river_error", "details": {}}
+    with open(drift_file, "a") as f:
+        f.write(json.dumps(event) + "\n")
+    ctx = dg.build_sensor_context(cursor=None)
+    req = drift_event_sensor(ctx)
+    assert isinstance(req, dg.RunRequest) and req.tags["fraud/drift_streams"] == "river_error"
+    again = drift_event_sensor(dg.build_sensor_context(cursor=ctx.cursor))
+    assert isinstance(again, dg.SkipReason)
