@@ -1,8 +1,11 @@
 """Foundation benchmark: default 183-day simulation and the dbt feature build on it.
 
 Writes benchmarks/results/foundation.json: simulate_s, features_s (dbt `run` of the feature models,
-wall clock including dbt's own start-up), features_sql_s (the models' execution time as dbt reports it),
-features_peak_rss_mb (peak RSS of the dbt process, DuckDB included), rows.
+wall clock including dbt's own start-up, after an untimed `dbt parse` -- Dagster parses the project when
+it loads the definitions, so a materialization starts from a parsed manifest too), features_sql_s (the
+models' execution time as dbt reports it), features_build_s (`dbt build`: the models again plus the 70
+dbt tests, i.e. what the Dagster asset runs), features_peak_rss_mb (peak RSS of a dbt process, DuckDB
+included), rows.
 """
 
 from __future__ import annotations
@@ -34,21 +37,28 @@ def main() -> None:
     with duckdb.connect(str(db)) as con:
         stats = land(con, source, "2018-04-01", "2018-10-01")
     bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "dbt"), "run", "--profiles-dir", ".", "--target-path", str(work / "target"),
-           "--log-path", str(work / "logs")]
-    t1 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT / "dbt_project", env={"FRAUD_WAREHOUSE": str(db), "PATH": str(bin_dir)},
-                   check=True, stdout=subprocess.DEVNULL)
-    features_s = time.perf_counter() - t1
+
+    def dbt(command: str) -> float:
+        cmd = [str(bin_dir / "dbt"), command, "--profiles-dir", ".", "--target-path", str(work / "target"),
+               "--log-path", str(work / "logs")]
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT / "dbt_project", env={"FRAUD_WAREHOUSE": str(db), "PATH": str(bin_dir)},
+                       check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t
+
+    dbt("parse")
+    features_s = dbt("run")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     run_results = json.loads((work / "target" / "run_results.json").read_text())
     sql_s = sum(r["execution_time"] for r in run_results["results"])
+    features_build_s = dbt("build")
     with duckdb.connect(str(db), read_only=True) as con:
         n_feat = con.execute("select count(*) from main.fct_transaction_features").fetchone()[0]
     result = {
         "simulate_s": round(simulate_s, 2),
         "features_s": round(features_s, 2),
         "features_sql_s": round(sql_s, 2),
+        "features_build_s": round(features_build_s, 2),
         "features_peak_rss_mb": round(peak_mb, 1),
         "rows": int(n_feat),
         "frauds": stats.frauds,
