@@ -57,7 +57,10 @@ def main() -> None:
     wh = _ensure_warehouse()
     runs = {}
     with duckdb.connect(str(wh), read_only=True) as con:
+        # 28d: the project's default window (the fit-time figure); 56d: a longer history, which the
+        # validation AP prefers (more scenario-2/3 examples); book_7d: the book's own 7-day training window.
         for name, cfg in (("28d", WindowConfig(train_days=21, valid_days=7, test_days=7, delay_days=7)),
+                          ("56d", WindowConfig(train_days=49, valid_days=7, test_days=7, delay_days=7)),
                           ("book_7d", WindowConfig(train_days=7, valid_days=7, test_days=7, delay_days=7))):
             t0 = time.perf_counter()
             data = build(con, DAY, cfg)
@@ -66,7 +69,8 @@ def main() -> None:
             window = load_test_window(con, *data.windows.test, data.train.feature_names)
             metrics, _ = evaluate_booster(res.booster, window, data.train.feature_names, res.threshold)
             runs[name] = {**metrics.summary(), "fit_s": round(res.fit_s, 2), "load_s": round(load_s, 2),
-                          "n_trees": res.n_trees, "train_rows": len(data.train) + len(data.valid),
+                          "n_trees": res.n_trees, **res.valid_metrics,
+                          "train_rows": len(data.train) + len(data.valid),
                           "windows": data.windows.as_dict(),
                           "daily_card_precision": metrics.daily.precision}
             print(name, {k: runs[name][k] for k in ("auc_roc", "average_precision", "card_precision_at_100",
@@ -77,6 +81,7 @@ def main() -> None:
         "card_precision_at_100": best["card_precision_at_100"], "fit_s_28d": best["fit_s"],
         "book_best_xgboost": BOOK,
         "beats_book": {k: best[k] > v for k, v in BOOK.items()},
+        "beats_book_56d": {k: runs["56d"][k] > v for k, v in BOOK.items()},
         "protocol": "D=2018-08-08: train/valid rows up to 2018-07-31 (labels known at D), "
                     "test 2018-08-08..14, "
                     "known-compromised cards removed; 28d = 21 train + 7 validation days, refit on both",

@@ -1,7 +1,8 @@
 """Request and response models of the scoring API (the transaction contract, validated by Pydantic).
 
 Invalid input is rejected before any work with HTTP 400 and Pydantic's per-field reasons: missing fields,
-wrong types (a string amount, an object id), negative or non-finite amounts, unparseable times.
+wrong types (a string amount, an object id), negative or non-finite amounts, unparseable times, empty ids or
+ids with control characters.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ class Transaction(BaseModel):
     @field_validator("transaction_id", "customer_id", "terminal_id")
     @classmethod
     def _non_empty(cls, v: Any) -> Any:
-        if isinstance(v, str) and not v.strip():
-            raise ValueError("must not be empty")
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("must not be empty")
+            if any(ord(c) < 32 or ord(c) == 127 for c in v):  # the online store uses them as separators
+                raise ValueError("must not contain control characters")
         return v
 
     def as_event(self) -> dict[str, Any]:

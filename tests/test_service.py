@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -94,6 +95,7 @@ def test_cold_start_then_history(client) -> None:
     ({**TX, "terminal_id": {"id": 3}}, "terminal_id"),  # wrong type
     ({**TX, "transaction_id": ""}, "transaction_id"),  # empty id
     ({**TX, "tx_datetime": "yesterday"}, "tx_datetime"),  # invalid time
+    ({**TX, "customer_id": "c\x1f1"}, "customer_id"),  # control character (a store separator)
 ])
 def test_bad_input_is_400_with_reason(client, payload, field) -> None:
     r = client.post("/score", json=payload)
@@ -130,6 +132,60 @@ def test_hot_reload(client) -> None:
     assert r.status_code == 200 and r.json() == {"reloaded": True, "model_tag": new_tag, "error": None}
     after = client.post("/score", json={**TX, "transaction_id": "t-2"}).json()["model_tag"]
     assert (before, after) != (after, after) and after == new_tag
+
+
+def test_concurrent_requests_share_a_drain() -> None:
+    """Concurrent /score requests are scored together, each gets its own result, and the online state is
+    applied in arrival order exactly as one by one."""
+    import asyncio
+
+    from bento.scoring import MicroBatcher, Scorer
+    from streaming.online_store import MemoryStore
+
+    txs = [{"transaction_id": f"mb-{i}", "tx_datetime": datetime(2018, 9, 30, 12, 0, i),
+            "customer_id": "c-mb", "terminal_id": "t-mb", "tx_amount": 10.0 + i} for i in range(20)]
+    one_by_one = Scorer(store=MemoryStore())
+    one_by_one.load()
+    expected = [one_by_one.score([tx])[0] for tx in txs]
+
+    scorer = Scorer(store=MemoryStore())
+    scorer.load()
+    batcher = MicroBatcher(scorer)
+
+    async def all_at_once():
+        return await asyncio.gather(*(batcher.score(tx) for tx in txs))
+
+    got = asyncio.run(all_at_once())
+    assert batcher.drains < len(txs)
+    assert [r.transaction_id for r in got] == [tx["transaction_id"] for tx in txs]
+    assert [r.fraud_probability for r in got] == [r.fraud_probability for r in expected]
+    assert [r.reasons for r in got] == [r.reasons for r in expected]
+
+
+def test_river_opinion_when_a_checkpoint_exists(client) -> None:
+    """With a River checkpoint from the streaming worker, /score carries the online model's opinion."""
+    from ml.settings import get_settings
+    from streaming.checkpoint import Checkpoint, save
+    from streaming.river_model import OnlineModel
+
+    model = OnlineModel()
+    x = {"tx_amount": 10.0, "customer_nb_tx_1d": 1.0}
+    for i in range(20):
+        model.learn(x, i % 2, datetime(2018, 9, 1), 0.5)
+    river_dir = get_settings().data_dir / "streaming" / "river"
+    save(river_dir, Checkpoint(model=model, position={}))
+    try:
+        assert client.post("/reload").status_code == 200  # also re-reads the River checkpoint
+        r = client.post("/score", json={**TX, "transaction_id": "river-1"})
+        assert r.status_code == 200, r.text
+        p = r.json()["online_model_probability"]
+        assert isinstance(p, float) and 0.0 <= p <= 1.0
+    finally:
+        for f in river_dir.glob("*.pkl"):
+            f.unlink()
+        client.post("/reload")
+    after = client.post("/score", json={**TX, "transaction_id": "river-2"}).json()
+    assert after["online_model_probability"] is None
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ml.settings import get_settings
+from ml.training.train import XGBParams
 from orchestration.assets.features import FEATURES_TABLE_KEY
 from orchestration.resources import daily_partitions
 
@@ -33,19 +34,20 @@ class WindowsConfig(dg.Config):
 
 
 class ModelConfig(dg.Config):
-    """XGBoost hyperparameters (see ml.training.train.XGBParams)."""
+    """XGBoost hyperparameters; the defaults are ml.training.train.XGBParams's (one place to tune)."""
 
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    n_rounds: int = 300
-    early_stopping_rounds: int = 30
-    min_child_weight: float = 1.0
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    nthread: int = 2
-    seed: int = 0
-    refit_on_valid: bool = True
-    alert_rate: float = 0.01
+    max_depth: int = XGBParams.max_depth
+    learning_rate: float = XGBParams.learning_rate
+    n_rounds: int = XGBParams.n_rounds
+    early_stopping_rounds: int = XGBParams.early_stopping_rounds
+    min_child_weight: float = XGBParams.min_child_weight
+    scale_pos_weight: float | None = XGBParams.scale_pos_weight
+    subsample: float = XGBParams.subsample
+    colsample_bytree: float = XGBParams.colsample_bytree
+    nthread: int = XGBParams.nthread
+    seed: int = XGBParams.seed
+    refit_on_valid: bool = XGBParams.refit_on_valid
+    alert_rate: float = XGBParams.alert_rate
 
 
 class EvaluationConfig(dg.Config):
