@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -41,9 +42,12 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
 @click.option("--fresh", is_flag=True, help="Ignore (delete) the existing checkpoint and start over.")
 @click.option("--checkpoint-every", type=int, default=50_000, show_default=True,
               help="Events per checkpoint.")
+@click.option("--compact-after", type=int, default=None,
+              help="Fold the checkpoint's change log into a new base after N changes (default 500,000, "
+                   "or 4 per pending transaction if more).")
 @click.option("--redis-prefix", default=None, help="Key prefix in Redis (default fraud:).")
 def worker(events, store, path, from_warehouse, start, end, speedup, rate, bootstrap, idle_timeout,
-           max_events, model, no_champion, fresh, checkpoint_every, redis_prefix) -> None:
+           max_events, model, no_champion, fresh, checkpoint_every, compact_after, redis_prefix) -> None:
     """Run the stream worker: online features, XGBoost + River scores, River learning, drift events."""
     import dataclasses
     import logging
@@ -77,12 +81,15 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     click.echo(f"worker: events={settings.events} store={settings.online_store} "
                f"champion={champion.tag if champion else 'none (River only)'}", err=True)
     w = Worker(source, sink, build_store(settings, redis_prefix), settings, champion=champion,
-               model=make_model(model) if model else None, checkpoint_every=checkpoint_every)
+               model=make_model(model) if model else None, checkpoint_every=checkpoint_every, freeze_gc=True,
+               **({"fold_min_ops": compact_after} if compact_after else {}))
     try:
         stats = w.run(max_events=max_events, idle_timeout=idle_timeout)
     finally:
         w.close()
-    out = stats.summary() | {"rolling": w.model.rolling_metrics(), "checkpoint": str(w.checkpoint_dir)}
+    rolling = {k: None if isinstance(v, float) and math.isnan(v) else v
+               for k, v in w.model.rolling_metrics().items()}  # NaN is not JSON
+    out = stats.summary() | {"rolling": rolling, "checkpoint": str(w.checkpoint_dir)}
     click.echo(json.dumps(out, indent=2, default=str))
 
 
@@ -95,11 +102,17 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
 @click.option("--no-labels", is_flag=True, help="Publish transactions only.")
-def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels) -> None:
-    """Publish transactions (and their labels, at label_time order) to Kafka."""
+@click.option("--skip", type=int, default=0, help="Skip the first N events of the merged stream.")
+@click.option("--limit", type=int, default=None, help="Publish at most N events.")
+def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels, skip, limit) -> None:
+    """Publish transactions (and their labels, in label_time order) to Kafka.
+
+    Events go out in event-time order: each transaction at its tx_datetime, each label at its label_time.
+    --skip/--limit cut that merged stream (e.g. publish a warm-up, then the rest at a fixed --rate).
+    """
     from ml.settings import get_settings
     from streaming.kafka_io import encode, ensure_topics, producer_config
-    from streaming.sources import merged_events
+    from streaming.sources import Timeline
 
     from confluent_kafka import Producer  # isort: skip
 
@@ -107,9 +120,12 @@ def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels) -> Non
     df = _frame(path, from_warehouse, start, end)
     ensure_topics(bootstrap)
     producer = Producer(producer_config(bootstrap))
+    timeline = Timeline(df)  # built before the clock starts, so --rate paces from the first event
+    stop = len(timeline) if limit is None else min(len(timeline), skip + limit)
     t0 = time.perf_counter()
     n = 0
-    for topic, value in merged_events(df):
+    for i in range(skip, stop):
+        topic, value, _ = timeline.event(i)
         if no_labels and topic == "labels":
             continue
         if rate:

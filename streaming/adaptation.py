@@ -1,16 +1,26 @@
-"""How fast each model adapts to drift: River (learning from delayed labels) against the frozen champion.
+"""How fast each model adapts to drift: River models (learning from delayed labels) vs the frozen champion.
 
-``adaptation_report`` replays a transaction table (a simulation with ``drift_start_day`` set) through the
-stream worker (in-process store), keeps every score, and computes each model's daily average precision.
-Recovery is counted from the day the first labels of the new pattern are known (the onset plus the label
-delay): the first day from then on whose AP (3-day rolling mean) is back to ``recover_share`` of the
-model's pre-drift level (mean of the ``baseline_days`` before the onset).
+``adaptation_report`` replays a transaction table (a simulation with ``drift_start_day`` set) once through the
+stream worker (in-process store) to get every transaction's online features and the default River model's
+scores. A stand-in champion (XGBoost, the production hyper-parameters) is trained on the labels known at the
+onset and then frozen. Every River candidate then runs the worker's delayed-label protocol on the same feature
+vectors (predict at transaction time, learn at ``label_time``, in the worker's event order; the default
+model's scores are checked to equal the worker's own), so the candidates are compared on exactly the stream
+the worker sees.
+
+Per model: daily average precision, its pre-drift level (mean of the ``baseline_days`` days before the onset),
+and the days it takes to recover, counted from the day the first labels of the new pattern are known (no
+learner can react before): the first day from then on whose 3-day mean AP is back to ``recover_share`` of the
+pre-drift level. Also: the prequential AP over the whole stream, the drift events each model's error stream
+raised (ADWIN), and the cost of a predict + learn.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,30 +28,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+SCENARIO_NEW = 4  # the simulator's card-testing pattern (the drift's new fraud pattern)
 
-def train_champion(df: pd.DataFrame, settings, until: pd.Timestamp, rounds: int = 80):
-    """A frozen XGBoost trained on the online features (and known labels) of transactions before ``until``.
 
-    Stands in for the registry's champion when none is given, trained on the same features the worker uses.
-    """
+def train_champion(X: np.ndarray, y: np.ndarray, known: np.ndarray, tag: str):
+    """A frozen XGBoost (production hyper-parameters, early-stopped on the last fifth) on rows ``known``."""
     import xgboost as xgb
 
     from ml.features.spec import FEATURE_NAMES
-    from streaming.sources import ReplaySource
-    from streaming.worker import Champion, Sink, Worker, build_store
+    from ml.training.train import XGBParams, booster_params
+    from streaming.worker import Champion
 
-    head = df[pd.to_datetime(df["tx_datetime"]) < until]
-    w = Worker(ReplaySource(head), Sink(), build_store(settings), settings, restore=False,
-               checkpoint_dir=settings.data_dir / "champion-warmup", checkpoint_every=10**9,
-               checkpoint_interval_s=1e9, pending_ttl=timedelta(days=10**4))
-    w.run()
-    fraud = dict(zip(head["transaction_id"].astype(str), head["tx_fraud"].astype(int), strict=True))
-    X = np.array([rec[1] for rec in w.pending.values()], dtype=np.float32)
-    y = np.array([fraud[t] for t in w.pending])
-    params = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.1, "nthread": 1,
-              "scale_pos_weight": 1.0}
-    booster = xgb.train(params, xgb.DMatrix(X, label=y, feature_names=list(FEATURE_NAMES)), rounds)
-    return Champion(booster, list(FEATURE_NAMES), 0.5, f"frozen-until-{until:%Y-%m-%d}")
+    idx = np.flatnonzero(known)
+    cut = idx[int(len(idx) * 0.8)]
+    tr, va = idx[idx < cut], idx[idx >= cut]
+    params = XGBParams()
+    names = list(FEATURE_NAMES)
+    dtrain = xgb.DMatrix(X[tr], label=y[tr], feature_names=names)
+    dvalid = xgb.DMatrix(X[va], label=y[va], feature_names=names)
+    bp = booster_params(params, y[tr]) | {"nthread": 1}
+    booster = xgb.train(bp, dtrain, params.n_rounds, evals=[(dvalid, "valid")],
+                        early_stopping_rounds=params.early_stopping_rounds, verbose_eval=False)
+    n_trees = booster.best_iteration + 1
+    booster = xgb.train(bp, xgb.DMatrix(X[idx], label=y[idx], feature_names=names), n_trees)  # refit
+    return Champion(booster, names, 0.5, f"{tag} ({n_trees} trees)")
 
 
 def _ap(y: np.ndarray, p: np.ndarray) -> float:
@@ -57,77 +67,171 @@ def _recovery(daily: pd.Series, baseline: float, known_day: pd.Timestamp, share:
     return None if ok.empty else int((ok.index[0] - known_day).days)
 
 
-def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, champion=None, settings=None,
-                      model_name: str | None = None, label_delay: timedelta | None = None,
+def _replay(model, order_kind: np.ndarray, order_row: np.ndarray, order_us: np.ndarray, xs: list,
+            y: np.ndarray, px: np.ndarray | None) -> tuple[np.ndarray, list, float]:
+    """The worker's protocol on fixed vectors: predict per transaction, learn per label, in event order.
+
+    Returns (score per row, drift events, seconds spent in predict + learn).
+    """
+    from ml.features.online import from_us
+
+    p = np.full(len(xs), np.nan)
+    learned = np.zeros(len(xs), dtype=bool)
+    events: list = []
+    predict, learn = model.predict, model.learn
+    t0 = time.perf_counter()
+    for is_label, r, t in zip(order_kind.tolist(), order_row.tolist(), order_us.tolist(), strict=True):
+        x = xs[r]
+        if x is None:
+            continue  # a row the worker dead-lettered
+        if not is_label:
+            p[r] = predict(x)
+        elif not learned[r] and not math.isnan(p[r]):
+            learned[r] = True
+            events += learn(x, int(y[r]), from_us(t), p[r], None if px is None else float(px[r]))
+    return p, events, time.perf_counter() - t0
+
+
+def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, settings=None,
+                      candidates: list[str] | None = None,
+                      extra: dict[str, tuple[Any, float]] | None = None, label_delay: timedelta | None = None,
                       baseline_days: int = 7, recover_share: float = 0.9,
                       plot_path: Path | None = None) -> dict[str, Any]:
-    """Daily AP of River vs the frozen champion around a drift onset, and days to recover (see module doc)."""
+    """Daily AP of the River candidates vs the frozen champion around a drift onset (see module doc).
+
+    ``extra``: more models to run, name -> (factory, fraud weight), e.g. a hyper-parameter sweep.
+    """
+    from ml.features.spec import FEATURE_NAMES
     from ml.settings import get_settings
-    from streaming.river_model import make_model
-    from streaming.sources import ReplaySource
+    from streaming.river_model import CANDIDATES, DEFAULT_MODEL, OnlineModel
+    from streaming.sources import ReplaySource, Timeline
     from streaming.worker import Sink, Worker, build_store
 
     onset = pd.Timestamp(drift_start).normalize()
     base = settings or get_settings()
     settings = dataclasses.replace(base, data_dir=Path(tempfile.mkdtemp(prefix="adaptation-")),
                                    online_store="memory")
-    if champion is None:
-        champion = train_champion(df, settings, onset)
+    candidates = candidates or list(CANDIDATES)
+    if DEFAULT_MODEL not in candidates:
+        candidates = [DEFAULT_MODEL, *candidates]
+
+    # 1. One worker run: online features of every transaction, and the default River model's scores.
+    timeline = Timeline(df)
     sink = Sink(keep_scores=True)
-    w = Worker(ReplaySource(df), sink, build_store(settings), settings, champion=champion,
-               model=make_model(model_name) if model_name else None, restore=False,
-               checkpoint_dir=settings.data_dir / "ckpt", checkpoint_every=10**9, checkpoint_interval_s=1e9)
+    w = Worker(ReplaySource(timeline), sink, build_store(settings), settings, restore=False,
+               checkpoint_dir=settings.data_dir / "ckpt", checkpoint_every=10**9, checkpoint_interval_s=1e9,
+               pending_ttl=timedelta(days=10**4))
+    t0 = time.perf_counter()
     w.run()
-    scores = pd.DataFrame(sink.scores).drop_duplicates("transaction_id")
-    truth = df[["transaction_id", "tx_fraud", "label_time"] + (
-        ["tx_fraud_scenario"] if "tx_fraud_scenario" in df.columns else [])].copy()
-    truth["transaction_id"] = truth["transaction_id"].astype(str)
-    m = scores.merge(truth, on="transaction_id")
-    m["day"] = pd.to_datetime(m["tx_datetime"]).dt.normalize()
+    worker_s = time.perf_counter() - t0
+    ids, X = w.pending_vectors()
+    row_of = {tid: i for i, tid in enumerate(timeline.ids.tolist())}
+    n = len(df)
+    xs: list = [None] * n
+    Xfull = np.full((n, len(FEATURE_NAMES)), np.nan)
+    for tid, vec in zip(ids, X.tolist(), strict=True):
+        r = row_of[tid]
+        xs[r] = dict(zip(FEATURE_NAMES, vec, strict=True))
+        Xfull[r] = vec
+    y = df["tx_fraud"].to_numpy().astype(int)
+    label_time = pd.to_datetime(df["label_time"]).to_numpy("datetime64[us]")
+    tx_time = pd.to_datetime(df["tx_datetime"])
+    day = tx_time.dt.normalize().to_numpy()
+
+    # 2. The frozen champion: trained on what was labelled by the onset.
+    has_x = ~np.isnan(Xfull[:, 0])
+    known_at_onset = has_x & (label_time <= onset.to_datetime64())
+    champion = train_champion(Xfull, y, known_at_onset, f"frozen at {onset:%Y-%m-%d}")
+    px = np.full(n, np.nan)
+    px[has_x] = champion.predict([dict(zip(FEATURE_NAMES, r, strict=True)) for r in Xfull[has_x].tolist()])
+
+    # 3. Every candidate on the worker's event order and vectors.
+    scores: dict[str, np.ndarray] = {"xgboost": px}
+    models: dict[str, dict[str, Any]] = {}
+    specs = {name: CANDIDATES[name] for name in candidates} | (extra or {})
+    for name, spec in specs.items():
+        model = OnlineModel(name, spec=spec)
+        p, events, secs = _replay(model, timeline.kind, timeline.row, timeline.time_us, xs, y, px)
+        scores[name] = p
+        river_drifts = [e for e in events if e.stream == "river_error"]
+        xgb_drifts = [e for e in events if e.stream == "xgb_error"]
+        models[name] = {
+            "prequential_ap": round(_ap(y[has_x], p[has_x]), 4),
+            "us_per_predict_learn": round(secs / max(1, int(has_x.sum())) * 1e6, 1),
+            "drift_events": len(river_drifts),
+            "first_drift_after_onset": next((str(e.time) for e in river_drifts
+                                             if pd.Timestamp(e.time) >= onset), None),
+        }
+        if name == DEFAULT_MODEL:
+            worker_p = {s["transaction_id"]: s["river_score"] for s in sink.scores}
+            same = all(worker_p[tid] == p[row_of[tid]] for tid in ids)
+            models[name]["equals_worker_scores"] = same
+            champion_drifts = xgb_drifts
+    models["xgboost"] = {"prequential_ap": round(_ap(y[has_x], px[has_x]), 4),
+                         "drift_events": len(champion_drifts),
+                         "first_drift_after_onset": next((str(e.time) for e in champion_drifts
+                                                          if pd.Timestamp(e.time) >= onset), None)}
+
+    # 4. Daily AP, pre-drift level, recovery.
     rows = []
-    for day, g in m.groupby("day"):
-        y = g["tx_fraud"].to_numpy()
-        rows.append({"day": day, "transactions": len(g), "frauds": int(y.sum()),
-                     "river_ap": _ap(y, g["river_score"].to_numpy()),
-                     "xgb_ap": _ap(y, g["xgb_score"].to_numpy(dtype=float))})
+    for d in np.unique(day[has_x]):
+        m = has_x & (day == d)
+        rows.append({"day": pd.Timestamp(d), "transactions": int(m.sum()), "frauds": int(y[m].sum()),
+                     **{k: _ap(y[m], v[m]) for k, v in scores.items()}})
     daily = pd.DataFrame(rows).set_index("day")
-    # First labels of the new pattern: the earliest label_time of a drift-scenario fraud, else onset + delay.
-    if "tx_fraud_scenario" in truth.columns and (truth["tx_fraud_scenario"] == 4).any():
-        known = pd.Timestamp(truth.loc[truth["tx_fraud_scenario"] == 4, "label_time"].min()).normalize()
+    scen = df["tx_fraud_scenario"].to_numpy() if "tx_fraud_scenario" in df.columns else None
+    if scen is not None and (scen == SCENARIO_NEW).any():
+        known = pd.Timestamp(label_time[scen == SCENARIO_NEW].min()).normalize()
     else:
         known = onset + (label_delay or timedelta(days=base.label_delay_days))
     before = daily[(daily.index < onset) & (daily.index >= onset - pd.Timedelta(days=baseline_days))]
-    out: dict[str, Any] = {"drift_onset": str(onset.date()), "first_labels_known": str(known.date()),
-                           "river_model": w.model.name, "champion": champion.tag,
-                           "recover_share": recover_share}
-    for col, name in (("river_ap", "river"), ("xgb_ap", "xgboost")):
-        baseline = float(before[col].mean())
-        out[f"{name}_baseline_ap"] = round(baseline, 4)
-        out[f"{name}_mean_ap_after_onset"] = round(float(daily.loc[daily.index >= onset, col].mean()), 4)
-        out[f"{name}_days_to_recover"] = _recovery(daily[col], baseline, known, recover_share)
-    out["drift_events"] = w.stats.drift_events
-    out["daily"] = [{"day": str(d.date()), **{k: (None if isinstance(v, float) and np.isnan(v) else v)
-                                              for k, v in r.items()}} for d, r in daily.iterrows()]
+    after = daily[daily.index >= onset]
+    for name in scores:
+        baseline = float(before[name].mean())
+        models[name] |= {
+            "baseline_ap": round(baseline, 4),
+            "mean_ap_after_onset": round(float(after[name].mean()), 4),
+            "min_ap_3day_after_onset": round(float(after[name].rolling(3, min_periods=1).mean().min()), 4),
+            "mean_ap_from_first_labels": round(float(daily.loc[daily.index >= known, name].mean()), 4),
+            "days_to_recover": _recovery(daily[name], baseline, known, recover_share),
+        }
+    out: dict[str, Any] = {
+        "drift_onset": str(onset.date()), "first_labels_known": str(known.date()),
+        "days_observed_after_first_labels": int((daily.index.max() - known).days),
+        "river_model": DEFAULT_MODEL, "champion": champion.tag, "recover_share": recover_share,
+        "recovery_rule": f"first day from first_labels_known whose 3-day mean AP >= {recover_share} x the "
+                         f"model's mean AP over the {baseline_days} days before the onset",
+        "models": models, "worker_seconds": round(worker_s, 1),
+        "daily": [{"day": str(d.date()), **{k: (None if isinstance(v, float) and np.isnan(v) else
+                                                 round(v, 4) if isinstance(v, float) else v)
+                                             for k, v in r.items()}} for d, r in daily.iterrows()],
+    }
     if plot_path is not None:
-        plot_adaptation(daily, onset, known, plot_path)
+        plot_adaptation(daily[["xgboost", *candidates]], onset, known, DEFAULT_MODEL, plot_path)
         out["plot"] = str(plot_path)
     return out
 
 
-def plot_adaptation(daily: pd.DataFrame, onset: pd.Timestamp, known: pd.Timestamp, path: Path) -> None:
+def plot_adaptation(daily: pd.DataFrame, onset: pd.Timestamp, known: pd.Timestamp, river: str,
+                    path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(daily.index, daily["xgb_ap"].rolling(3, min_periods=1).mean(), label="XGBoost champion (frozen)")
-    ax.plot(daily.index, daily["river_ap"].rolling(3, min_periods=1).mean(), label="River (online)")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for col in [c for c in daily.columns if c not in ("xgboost", river)]:
+        ax.plot(daily.index, daily[col].rolling(3, min_periods=1).mean(), lw=0.8, alpha=0.5,
+                label=f"River {col}")
+    ax.plot(daily.index, daily["xgboost"].rolling(3, min_periods=1).mean(), lw=2.2, color="black",
+            label="XGBoost champion (frozen at onset)")
+    ax.plot(daily.index, daily[river].rolling(3, min_periods=1).mean(), lw=2.2, color="tab:red",
+            label=f"River {river} (worker default)")
     ax.axvline(onset, color="red", ls="--", lw=1, label="drift onset")
-    ax.axvline(known, color="gray", ls=":", lw=1, label="first new-pattern labels known")
+    ax.axvline(known, color="gray", ls=":", lw=1.5, label="first labels of the new pattern")
     ax.set_ylabel("daily average precision (3-day mean)")
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower left", fontsize=7, ncol=2)
     fig.autofmt_xdate()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,27 @@
 """Worker checkpoints: River model + detectors + source offsets + join state (+ in-process store) as one unit.
 
+A checkpoint is a *base* (the full join state and, with the in-process store, the store) plus the *change
+log* of every state change since (transactions and labels applied to the store, feature vectors stored,
+labels learnt, prunes), one delta file per checkpoint. Taking a checkpoint therefore costs what changed since
+the last one, not the size of the state: the worker streams its changes into an in-memory pickle as it goes
+(``ChangeLog``, < 1 µs per change), and a checkpoint hands those bytes to a writer thread. When the log
+outgrows the base, the writer folds them into a new base in the background (``fold``).
+
 Layout under ``<data_dir>/streaming/river/``:
 
-- ``state-<seq>.pkl``: the bulky part (features stored at transaction time awaiting their label, buffered
-  labels, and, with the in-process store, the store itself);
-- ``latest.pkl``: the commit point: the River model, its detectors, the offsets, ``seq`` and the name of
-  its state file. Written last, by atomic rename, so a reader (the worker on restart, or the scoring
-  service wanting River's opinion) sees the previous checkpoint or the new one, never a mix.
+- ``base-<seq>.pkl``: the full state as of checkpoint ``seq``;
+- ``delta-<seq>.pkl``: the changes between checkpoint ``seq - 1`` and ``seq`` (a stream of pickled ops);
+- ``latest.pkl``: the commit point: the River model and its detectors, the offsets, the small state (buffered
+  labels, orphans, watermark), ``seq`` and the chain (base + deltas) to rebuild the rest. Written last, by
+  atomic rename after the files it names are on disk (fsync), so a reader (the worker on restart, or the
+  scoring service wanting River's opinion) sees the previous checkpoint or the new one, never a mix.
 
 ``load_model`` is what the service uses: it reads only ``latest.pkl``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -23,7 +32,16 @@ from typing import Any
 
 from streaming.river_model import OnlineModel
 
-FORMAT = 1
+FORMAT = 2
+HEAD = "latest.pkl"
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# Change-log ops (tuples, first item the kind).
+OP_TX = "T"  # (OP_TX, transaction_id, t_us, entity ids (WINDOW_ENTITIES order), amount): applied to the store
+OP_LABEL = "L"  # (OP_LABEL, transaction_id, tx_fraud, label_us): applied to the store
+OP_PENDING = "P"  # (OP_PENDING, transaction_id, t_us, packed vector, river p, xgb p): awaiting its label
+OP_LEARNED = "D"  # (OP_LEARNED, transaction_id): River learnt its label
+OP_PRUNE = "X"  # (OP_PRUNE, horizon_us): pending transactions older than the horizon dropped
 
 
 def river_dir(settings=None) -> Path:
@@ -34,12 +52,12 @@ def river_dir(settings=None) -> Path:
     return settings.data_dir / "streaming" / "river"
 
 
-def _atomic_write(path: Path, obj: Any) -> None:
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,43 +72,203 @@ def _atomic_write(path: Path, obj: Any) -> None:
         os.close(dfd)
 
 
+def _base_name(seq: int) -> str:
+    return f"base-{seq:08d}.pkl"
+
+
+def _delta_name(seq: int) -> str:
+    return f"delta-{seq:08d}.pkl"
+
+
 @dataclass
 class Checkpoint:
     model: OnlineModel
     position: dict[str, int]  # "topic:partition" -> next offset to read
-    state: dict[str, Any] = field(default_factory=dict)  # pending features, label buffer, store snapshot
+    # pending (tx id -> [t_us, vector, river p, xgb p, learned]), label_heap, orphans, watermark_us, store
+    state: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
     saved_at: float = 0.0
+    base: int = 0  # the chain this checkpoint was rebuilt from (the worker appends to it)
+    deltas: list[int] = field(default_factory=list)
+    ops_since_base: int = 0
+
+
+class ChangeLog:
+    """State changes since the last checkpoint, pickled as they happen into an in-memory buffer."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._buf = io.BytesIO()
+        self._pickler = pickle.Pickler(self._buf, protocol=PROTOCOL)
+        self._pickler.fast = True  # no memo: ops are small tuples, and a memo would pin every one of them
+        self.n = 0
+
+    def append(self, op: tuple) -> None:
+        self._pickler.dump(op)
+        self.n += 1
+
+    def take(self) -> bytes:
+        data = self._buf.getvalue()
+        self._reset()
+        return data
+
+
+def read_ops(data: bytes):
+    """The ops of one delta, in order."""
+    unpickler = pickle.Unpickler(io.BytesIO(data))
+    while True:
+        try:
+            yield unpickler.load()
+        except EOFError:
+            return
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    """One checkpoint, serialised on the worker's thread, written (possibly) on another."""
+
+    seq: int
+    head: bytes
+    delta: bytes | None = None
+    base: bytes | None = None  # a full base at this seq (first checkpoint of a fresh worker, ``save``)
+    base_seq: int | None = None
+    fold: bool = False  # after committing, fold the chain into a new base (log compaction)
+
+
+def head_bytes(ckpt: Checkpoint, small: dict[str, Any]) -> bytes:
+    ckpt.saved_at = time.time()
+    head = {"format": FORMAT, "seq": ckpt.seq, "model": ckpt.model, "position": ckpt.position,
+            "stats": ckpt.stats, "saved_at": ckpt.saved_at, "base": ckpt.base, "deltas": list(ckpt.deltas),
+            "ops_since_base": ckpt.ops_since_base, "small": small}
+    return pickle.dumps(head, protocol=PROTOCOL)
+
+
+def base_bytes(pending: dict, store_snapshot: dict | None) -> bytes:
+    return pickle.dumps({"pending": pending, "store": store_snapshot}, protocol=PROTOCOL)
+
+
+def write(directory: Path, job: WriteJob) -> Path:
+    """Write the job's files, then commit ``latest.pkl``; fold if asked; drop files no longer referenced."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if job.base is not None:
+        _atomic_write(directory / _base_name(job.base_seq if job.base_seq is not None else job.seq), job.base)
+    if job.delta is not None:
+        _atomic_write(directory / _delta_name(job.seq), job.delta)
+    _atomic_write(directory / HEAD, job.head)
+    head = pickle.loads(job.head)
+    if job.fold:
+        head = fold(directory, head)
+    _cleanup(directory, head)
+    return directory / HEAD
+
+
+def fold(directory: Path, head: dict) -> dict:
+    """Rebuild the state from the head's chain, write it as ``base-<seq>``, commit a head pointing at it."""
+    pending, store = _materialise(directory, head)
+    _atomic_write(directory / _base_name(head["seq"]), base_bytes(pending, store))
+    head = dict(head, base=head["seq"], deltas=[], ops_since_base=0)
+    _atomic_write(directory / HEAD, pickle.dumps(head, protocol=PROTOCOL))
+    return head
+
+
+def _cleanup(directory: Path, head: dict) -> None:
+    keep = {_base_name(head["base"])} | {_delta_name(s) for s in head["deltas"]}
+    for pattern in ("base-*.pkl", "delta-*.pkl", "state-*.pkl"):  # state-*: the format-1 layout
+        for old in directory.glob(pattern):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+
+def _materialise(directory: Path, head: dict) -> tuple[dict, dict | None]:
+    """(pending, store snapshot) as of the head: its base with its deltas applied in order."""
+    from ml.features.online import WINDOW_ENTITIES, TxEvent, from_us
+    from streaming.online_store import Label, MemoryStore
+
+    with open(directory / _base_name(head["base"]), "rb") as f:
+        base = pickle.load(f)
+    pending: dict[str, list] = base["pending"]
+    store = None
+    if base["store"] is not None:
+        store = MemoryStore()
+        restore_store(store, base["store"])
+    entities = tuple(WINDOW_ENTITIES)
+    batch: list = []
+    for seq in head["deltas"]:
+        with open(directory / _delta_name(seq), "rb") as f:
+            data = f.read()
+        for op in read_ops(data):
+            kind = op[0]
+            if kind == OP_TX:
+                _, tid, t_us, ids, amount = op
+                batch.append(TxEvent(tid, t_us, dict(zip(entities, ids, strict=True)), amount, from_us(t_us)))
+            elif kind == OP_LABEL:
+                batch.append(Label(op[1], op[2], op[3]))
+            elif kind == OP_PENDING:
+                _, tid, t_us, vec, p, px = op
+                pending[tid] = [t_us, vec, p, px, False]
+            elif kind == OP_LEARNED:
+                rec = pending.get(op[1])
+                if rec is not None:
+                    rec[4] = True
+            elif kind == OP_PRUNE:
+                prune_pending(pending, op[1])
+            else:
+                raise ValueError(f"{directory}/{_delta_name(seq)}: unknown change-log op {kind!r}")
+            if len(batch) >= 10_000:
+                _apply(store, batch)
+    _apply(store, batch)
+    return pending, (snapshot_store(store) if store is not None else None)
+
+
+def _apply(store, batch: list) -> None:
+    if batch and store is not None:
+        store.process(batch, write=True, read=False)
+    batch.clear()
+
+
+def prune_pending(pending: dict[str, list], horizon_us: int) -> None:
+    """Drop pending transactions older than the horizon (they are in time order)."""
+    while pending:
+        k = next(iter(pending))
+        if pending[k][0] >= horizon_us:
+            break
+        del pending[k]
 
 
 def save(directory: Path, ckpt: Checkpoint) -> Path:
-    """Write the state file, then commit ``latest.pkl`` pointing at it; drop older state files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ckpt.saved_at = time.time()
-    state_name = f"state-{ckpt.seq:08d}.pkl"
-    _atomic_write(directory / state_name, ckpt.state)
-    head = {"format": FORMAT, "seq": ckpt.seq, "model": ckpt.model, "position": ckpt.position,
-            "stats": ckpt.stats, "saved_at": ckpt.saved_at, "state_file": state_name}
-    _atomic_write(directory / "latest.pkl", head)
-    for old in directory.glob("state-*.pkl"):
-        if old.name != state_name:
-            old.unlink(missing_ok=True)
-    return directory / "latest.pkl"
+    """Write a self-contained checkpoint (a base and no deltas)."""
+    ckpt.base, ckpt.deltas, ckpt.ops_since_base = ckpt.seq, [], 0
+    st = ckpt.state
+    small = {"label_heap": st.get("label_heap", []), "orphans": st.get("orphans", {}),
+             "watermark_us": st.get("watermark_us", 0)}
+    job = WriteJob(ckpt.seq, head_bytes(ckpt, small), base=base_bytes(st.get("pending", {}), st.get("store")))
+    return write(directory, job)
 
 
-def load(directory: Path) -> Checkpoint | None:
-    head_path = directory / "latest.pkl"
+def _read_head(directory: Path) -> dict | None:
+    head_path = directory / HEAD
     if not head_path.exists():
         return None
     with open(head_path, "rb") as f:
         head = pickle.load(f)
     if head.get("format") != FORMAT:
-        raise ValueError(f"{head_path}: checkpoint format {head.get('format')} is not {FORMAT}")
-    with open(directory / head["state_file"], "rb") as f:
-        state = pickle.load(f)
+        raise ValueError(f"{head_path}: checkpoint format {head.get('format')} is not {FORMAT}; "
+                         "start the worker with --fresh to discard it")
+    return head
+
+
+def load(directory: Path) -> Checkpoint | None:
+    head = _read_head(directory)
+    if head is None:
+        return None
+    pending, store = _materialise(directory, head)
+    state = {"pending": pending, **head["small"], "store": store}
     return Checkpoint(model=head["model"], position=head["position"], state=state, stats=head["stats"],
-                      seq=head["seq"], saved_at=head["saved_at"])
+                      seq=head["seq"], saved_at=head["saved_at"], base=head["base"],
+                      deltas=list(head["deltas"]), ops_since_base=head["ops_since_base"])
 
 
 def load_model(path: Path | None = None) -> OnlineModel | None:
@@ -100,7 +278,7 @@ def load_model(path: Path | None = None) -> OnlineModel | None:
     """
     path = Path(path) if path is not None else river_dir()
     if path.is_dir():
-        path = path / "latest.pkl"
+        path = path / HEAD
     if not path.exists():
         return None
     with open(path, "rb") as f:
@@ -118,7 +296,7 @@ def snapshot_store(store) -> dict | None:
 
     if not isinstance(store, MemoryStore):
         return None  # Redis keeps its own state; replays into it are idempotent by transaction_id
-    # References, not copies: the worker is single-threaded and pickles them right away in ``save``.
+    # References, not copies: pickled right away on the caller's thread.
     return {k: getattr(store, k) for k in _MEMORY_FIELDS}
 
 

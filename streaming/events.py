@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,13 @@ class EventError(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_chars(value: str) -> bool:
+    return _CONTROL.search(value) is not None
 
 
 def _utc_naive(value: datetime) -> datetime:
@@ -52,6 +60,13 @@ class TransactionEvent(_Event):
         # The contract allows string or integer ids; bools are not ids.
         if isinstance(v, int) and not isinstance(v, bool):
             return str(v)
+        return v
+
+    @field_validator("transaction_id", "customer_id", "terminal_id")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if has_control_chars(v):  # the stores use control characters as separators
+            raise ValueError("ids must not contain control characters")
         return v
 
     @field_validator("tx_datetime")
@@ -127,18 +142,24 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def parse_transaction(value: bytes | str | dict) -> TransactionEvent:
+def _parse(model: type[_Event], what: str, value: bytes | str | dict) -> Any:
+    if not isinstance(value, dict):
+        try:  # fast path: pydantic parses and validates the JSON in one pass (2x json.loads + validate)
+            return model.model_validate_json(value)
+        except ValidationError:
+            pass  # redo it the slow way for a precise reason
     try:
-        return TransactionEvent.model_validate(_loads(value))
+        return model.model_validate(_loads(value))
     except ValidationError as e:
-        raise EventError(f"invalid transaction: {_first_error(e)}") from None
+        raise EventError(f"invalid {what}: {_first_error(e)}") from None
+
+
+def parse_transaction(value: bytes | str | dict) -> TransactionEvent:
+    return _parse(TransactionEvent, "transaction", value)
 
 
 def parse_label(value: bytes | str | dict) -> LabelEvent:
-    try:
-        return LabelEvent.model_validate(_loads(value))
-    except ValidationError as e:
-        raise EventError(f"invalid label: {_first_error(e)}") from None
+    return _parse(LabelEvent, "label", value)
 
 
 def dumps(event: BaseModel) -> bytes:

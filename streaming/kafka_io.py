@@ -97,7 +97,11 @@ def publish(producer, items: Iterable[tuple[str, bytes, bytes | None]]) -> int:
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """High watermark per partition (how many messages a topic holds, for tests and benchmarks)."""
+    """High watermark per partition, as the broker reports it.
+
+    Kafka reports the next offset to be written; tansu (the local broker) reports the last record batch's
+    base offset + 1, so with tansu this is a lower bound of the number of messages, not the count.
+    """
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer(consumer_config(bootstrap, **{"group.id": "fraud-inspect"}))
@@ -108,8 +112,12 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
         c.close()
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict]:
-    """Every message of a topic from the beginning, decoded as JSON (tests, small inspections)."""
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0, idle: float = 1.0) -> list[dict]:
+    """Every message of a topic from the beginning, decoded as JSON (tests, small inspections).
+
+    Reads until the high watermark is reached and then nothing more arrives for ``idle`` seconds (the
+    watermark alone undercounts on tansu, see ``end_offsets``), or ``timeout`` passes.
+    """
     import time
 
     from confluent_kafka import Consumer, TopicPartition
@@ -121,8 +129,11 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict]:
     want = sum(ends.values())
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < want and time.monotonic() < deadline:
-            for m in c.consume(num_messages=10000, timeout=0.5):
+        while time.monotonic() < deadline:
+            batch = c.consume(num_messages=10000, timeout=idle if len(out) >= want else 0.5)
+            if not batch and len(out) >= want:
+                break
+            for m in batch:
                 if m.error() is None:
                     out.append(json.loads(m.value()))
     finally:

@@ -92,6 +92,19 @@ def load_transactions(path: Path | None = None, warehouse: Path | None = None,
     return df.reset_index(drop=True)
 
 
+def _id_strings(col: pd.Series) -> np.ndarray:
+    """Ids as strings, as the JSON path writes them ("" where missing: those rows are dead-lettered).
+
+    An integer column with a missing value arrives as float; its ids are still written as integers.
+    """
+    if pd.api.types.is_float_dtype(col):
+        whole = col.dropna()
+        if (whole == np.floor(whole)).all():
+            col = col.astype("Int64")
+    out = col.astype(object).where(col.notna(), "")
+    return np.array([v if isinstance(v, str) else str(v) for v in out], dtype=object)
+
+
 class Timeline:
     """The merged, time-ordered event list of a transaction table, held as columns (built once)."""
 
@@ -103,9 +116,12 @@ class Timeline:
         ok = (~np.isnat(tx_time)) & np.isfinite(amount) & (amount >= 0)
         for c in ("transaction_id", "customer_id", "terminal_id"):
             ok &= df[c].notna().to_numpy()
-        self.ids = df["transaction_id"].astype(str).to_numpy(object)
-        self.customers = df["customer_id"].astype(str).to_numpy(object)
-        self.terminals = df["terminal_id"].astype(str).to_numpy(object)
+            if not pd.api.types.is_numeric_dtype(df[c]):  # no control characters (the stores' separators)
+                bad = df[c].astype(str).str.contains(r"[\x00-\x1f\x7f]", regex=True)
+                ok &= ~bad.fillna(False).to_numpy(bool)
+        self.ids = _id_strings(df["transaction_id"])
+        self.customers = _id_strings(df["customer_id"])
+        self.terminals = _id_strings(df["terminal_id"])
         self.amount = amount
         self.tx_time = tx_time
         self.ok = ok
@@ -116,7 +132,7 @@ class Timeline:
         if "tx_fraud" in df.columns and "label_time" in df.columns:
             label_time = pd.to_datetime(df["label_time"], errors="coerce").to_numpy("datetime64[us]")
             f = pd.to_numeric(df["tx_fraud"], errors="coerce")
-            # A bad transaction's label still travels: the worker dead-letters it ("never saw"), no silent drop.
+            # A bad transaction's label still travels: the worker dead-letters it ("never saw"), not dropped.
             has_label = f.notna().to_numpy() & ~np.isnat(label_time)
             fraud = f.fillna(0).to_numpy().astype(np.int8)
         self.label_time, self.fraud = label_time, fraud
@@ -145,7 +161,14 @@ class Timeline:
             return TOPIC_LABELS, {"transaction_id": self.ids[r], "tx_fraud": int(self.fraud[r]),
                                   "label_time": self.label_time[r].item()}, True
         if not self.ok[r]:
-            raw = {k: (None if pd.isna(v) else v) for k, v in self.raw.iloc[r].to_dict().items()}
+            raw = {k: (None if pd.isna(v) else v.item() if isinstance(v, np.generic) else v)
+                   for k, v in self.raw.iloc[r].to_dict().items()}
+            # Ids as the good rows carry them (an integer column with a gap reads as float), so the reason
+            # names what is actually wrong.
+            for col, ids in (("transaction_id", self.ids), ("customer_id", self.customers),
+                             ("terminal_id", self.terminals)):
+                if ids[r] != "":
+                    raw[col] = ids[r]
             return TOPIC_TRANSACTIONS, raw, False
         return TOPIC_TRANSACTIONS, {"transaction_id": self.ids[r], "tx_datetime": self.tx_time[r].item(),
                                     "customer_id": self.customers[r], "terminal_id": self.terminals[r],
@@ -230,6 +253,7 @@ class KafkaSource(EventSource):
         self.bootstrap = bootstrap
         self.partitions = [(t, p) for t in topics for p in partitions_of(bootstrap, t)]
         self.consumer = Consumer(consumer_config(bootstrap))
+        self._more_queued = False
         self.seek({})
 
     def seek(self, position: dict[str, int]) -> None:
@@ -239,8 +263,18 @@ class KafkaSource(EventSource):
                               for t, p in self.partitions])
 
     def poll(self, max_messages: int = 1000, timeout: float = 0.1) -> list[Message]:
+        # consume(n, t) waits until n messages or t: at a modest rate that would hold every batch for the
+        # whole timeout. Wait for the first message only, then take what is already fetched.
+        batch = self.consumer.consume(num_messages=max_messages, timeout=0)
+        if not batch:
+            batch = self.consumer.consume(num_messages=1, timeout=timeout)
+            if batch and max_messages > 1:
+                batch += self.consumer.consume(num_messages=max_messages - 1, timeout=0)
+        # A full batch means more may be queued locally: not caught up, whatever the watermarks say (tansu
+        # reports a partition's high watermark as its last record batch's base offset + 1).
+        self._more_queued = len(batch) >= max_messages
         out = []
-        for m in self.consumer.consume(num_messages=max_messages, timeout=timeout):
+        for m in batch:
             err = m.error()
             if err is not None:
                 if err.code() == -191:  # _PARTITION_EOF (only if enabled): not an error
@@ -254,6 +288,8 @@ class KafkaSource(EventSource):
     def labels_caught_up(self) -> bool:
         from confluent_kafka import TopicPartition
 
+        if self._more_queued:
+            return False
         tps = [TopicPartition(t, p) for t, p in self.partitions if t == TOPIC_LABELS]
         for tp in self.consumer.position(tps):
             high = self.consumer.get_watermark_offsets(tp, cached=True)

@@ -83,8 +83,8 @@ def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None
         p.produce("labels", json.dumps({"transaction_id": "t1", "tx_fraud": 1,
                                         "label_time": "2018-04-08T10:00:00"}).encode())
         p.flush(10)
-        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), build_store(settings), settings,
-                   restore=False)
+        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), build_store(settings),
+                   settings, restore=False)
         try:
             stats = w.run(max_events=4, idle_timeout=5)
         finally:
@@ -124,3 +124,22 @@ def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None
     assert isinstance(req, dg.RunRequest) and req.tags["fraud/drift_streams"] == "river_error"
     again = drift_event_sensor(dg.build_sensor_context(cursor=ctx.cursor))
     assert isinstance(again, dg.SkipReason)
+
+
+def test_adwin_drift_event_once_new_pattern_labels_arrive(tmp_path: Path) -> None:
+    """Injected drift (card testing): River's error stream raises a drift event after its first labels."""
+    from ml.simulate import SimulationConfig, simulate
+    from streaming.sources import ReplaySource
+    from streaming.worker import Sink, Worker, build_store
+
+    df = simulate(SimulationConfig(n_customers=100, n_terminals=200, n_days=24, seed=5, drift_start_day=12,
+                                   card_testing_customers_per_day=2), progress=False)
+    first_new_label = df.loc[df["tx_fraud_scenario"] == 4, "label_time"].min()
+    settings = _settings(tmp_path)
+    w = Worker(ReplaySource(df), Sink(), build_store(settings), settings, restore=False)
+    stats = w.run()
+    events = [json.loads(line) for line in w.drift_file.read_text().splitlines()]
+    assert len(events) == stats.drift_events == w.model.drifts
+    after = [e for e in events if pd.Timestamp(e["time"]) >= first_new_label]
+    assert after and after[0]["stream"] == "river_error" and after[0]["detector"] == "ADWIN"
+    assert pd.Timestamp(after[0]["time"]) - first_new_label < pd.Timedelta(days=2)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ml.features.spec import FEATURES, Feature, max_lookback
+from ml.features.spec import FEATURES, max_lookback
 
 EPOCH = datetime(1970, 1, 1)
 ONE_US = timedelta(microseconds=1)
@@ -88,75 +88,103 @@ def tx_event(tx: Mapping[str, Any]) -> TxEvent:
 
 
 class _Window:
-    """One entity's history as parallel sorted arrays, with the current transaction excluded."""
+    """One entity's history as parallel sorted lists, the current transaction excluded, plus known frauds."""
+
+    __slots__ = ("times", "ids", "amounts", "fraud_times")
 
     def __init__(self, state: EntityState, tx: TxEvent):
-        rows = [h for h in state.history if h[1] != tx.transaction_id]
-        self.times = [h[0] for h in rows]
-        self.ids = [h[1] for h in rows]
-        self.amounts = [h[2] for h in rows]
-        self.fraud_times = sorted(ft for ft, lt in state.frauds if lt <= tx.t_us)
+        hist = state.history
+        self.times = [h[0] for h in hist]
+        self.ids = [h[1] for h in hist]
+        self.amounts = [h[2] for h in hist]
+        tid = tx.transaction_id
+        while tid in self.ids:  # the transaction itself (already recorded) is not its own history
+            i = self.ids.index(tid)
+            del self.times[i], self.ids[i], self.amounts[i]
+        self.fraud_times = sorted([ft for ft, lt in state.frauds if lt <= tx.t_us])
 
     def trailing(self, tx: TxEvent, window_us: int) -> tuple[int, float]:
         """Earlier transactions in [t - w, t] (same-instant peers with a smaller id), plus this one."""
-        lo = bisect_left(self.times, tx.t_us - window_us)
-        hi = bisect_left(self.times, tx.t_us)
+        t = tx.t_us
+        lo = bisect_left(self.times, t - window_us)
+        hi = bisect_left(self.times, t)
         # Same-instant peers sort by id: those with a smaller id came first and are seen.
-        hi_peer = bisect_right(self.times, tx.t_us)
-        seen = hi + sum(1 for i in range(hi, hi_peer) if self.ids[i] < tx.transaction_id)
-        if seen > hi:
-            amounts = self.amounts[lo:hi] + [a for i, a in enumerate(self.amounts[hi:hi_peer], hi)
-                                             if self.ids[i] < tx.transaction_id]
-        else:
-            amounts = self.amounts[lo:hi]
+        hi_peer = bisect_right(self.times, t, hi)
+        amounts = self.amounts[lo:hi]
+        if hi_peer > hi:
+            amounts += [self.amounts[i] for i in range(hi, hi_peer) if self.ids[i] < tx.transaction_id]
         return len(amounts) + 1, math.fsum(amounts) + tx.amount
 
     def delayed(self, tx: TxEvent, window_us: int, delay_us: int) -> tuple[int, int]:
         """(transactions, known frauds) with time in [t - d - w, t - d]."""
         lo, hi = tx.t_us - delay_us - window_us, tx.t_us - delay_us
         n = bisect_right(self.times, hi) - bisect_left(self.times, lo)
-        k = bisect_right(self.fraud_times, hi) - bisect_left(self.fraud_times, lo)
+        k = bisect_right(self.fraud_times, hi) - bisect_left(self.fraud_times, lo) if self.fraud_times else 0
         return n, k
+
+
+# The spec compiled once into steps: (kind, name, a, b, window_us, delay_us). Windowed aggregates are
+# computed once per (entity, window[, delay]) and shared by the features that read them (count and mean,
+# count and fraud rate). This runs per transaction in the service and the stream worker.
+_ROW, _WIN, _DELAYED, _RATIO = range(4)
+
+
+def _compile() -> tuple[tuple, ...]:
+    steps = []
+    for f in FEATURES:
+        if f.kind == "row":
+            if f.op not in ROW_PY:
+                raise ValueError(f"unknown row op {f.op!r} for {f.name}")
+            steps.append((_ROW, f.name, ROW_PY[f.op], None, 0, 0))
+        elif f.kind == "window":
+            if f.agg not in ("count", "mean") or f.entity is None or f.window is None:
+                raise ValueError(f"bad window feature {f.name} (agg {f.agg!r})")
+            steps.append((_WIN, f.name, f.agg == "mean", f.entity, to_us(f.window), 0))
+        elif f.kind == "delayed_window":
+            if f.agg not in ("count", "fraud_rate") or None in (f.entity, f.window, f.delay):
+                raise ValueError(f"bad delayed_window feature {f.name} (agg {f.agg!r})")
+            steps.append((_DELAYED, f.name, f.agg == "fraud_rate", f.entity, to_us(f.window), to_us(f.delay)))
+        elif f.kind == "ratio":
+            if f.numerator is None or f.denominator is None:
+                raise ValueError("ratio needs numerator and denominator")
+            steps.append((_RATIO, f.name, f.numerator, f.denominator, 0, 0))
+        else:
+            raise ValueError(f"unknown feature kind {f.kind!r}")
+    return tuple(steps)
+
+
+_STEPS = _compile()
+_NO_STATE = EntityState()
 
 
 def compute_features(tx: TxEvent, states: Mapping[str, EntityState]) -> dict[str, float]:
     """Every spec feature of ``tx`` as of its time, from the entity states (in spec order)."""
-    windows = {e: _Window(states.get(e, EntityState()), tx) for e in WINDOW_ENTITIES}
+    windows = {e: _Window(states.get(e) or _NO_STATE, tx) for e in WINDOW_ENTITIES}
+    shared: dict[tuple, tuple] = {}
     out: dict[str, float] = {}
-    for f in FEATURES:
-        out[f.name] = _one(f, tx, windows, out)
+    for kind, name, a, b, w, d in _STEPS:
+        if kind == _ROW:
+            out[name] = a(tx.amount, tx.tx_datetime)
+        elif kind == _WIN:
+            key = (b, w)
+            r = shared.get(key)
+            if r is None:
+                r = shared[key] = windows[b].trailing(tx, w)
+            out[name] = r[1] / r[0] if a else float(r[0])
+        elif kind == _DELAYED:
+            key = (b, w, d)
+            r = shared.get(key)
+            if r is None:
+                r = shared[key] = windows[b].delayed(tx, w, d)
+            n, k = r
+            out[name] = (k / n if n > 0 else 0.0) if a else float(n)
+        else:
+            num, den = _ref(a, tx, out), _ref(b, tx, out)
+            out[name] = num / den if den > 0 else 0.0
     return out
 
 
-def _one(f: Feature, tx: TxEvent, windows: dict[str, _Window], done: dict[str, float]) -> float:
-    if f.kind == "row":
-        assert f.op is not None
-        return ROW_PY[f.op](tx.amount, tx.tx_datetime)
-    if f.kind == "window":
-        assert f.entity is not None and f.window is not None
-        n, total = windows[f.entity].trailing(tx, to_us(f.window))
-        if f.agg == "count":
-            return float(n)
-        if f.agg == "mean":
-            return total / n
-        raise ValueError(f"unknown window agg {f.agg!r} for {f.name}")
-    if f.kind == "delayed_window":
-        assert f.entity is not None and f.window is not None and f.delay is not None
-        n, k = windows[f.entity].delayed(tx, to_us(f.window), to_us(f.delay))
-        if f.agg == "count":
-            return float(n)
-        if f.agg == "fraud_rate":
-            return k / n if n > 0 else 0.0
-        raise ValueError(f"unknown delayed_window agg {f.agg!r} for {f.name}")
-    if f.kind == "ratio":
-        num, den = _ref(f.numerator, tx, done), _ref(f.denominator, tx, done)
-        return num / den if den > 0 else 0.0
-    raise ValueError(f"unknown feature kind {f.kind!r}")
-
-
-def _ref(name: str | None, tx: TxEvent, done: dict[str, float]) -> float:
-    if name is None:
-        raise ValueError("ratio needs numerator and denominator")
+def _ref(name: str, tx: TxEvent, done: dict[str, float]) -> float:
     if name in done:
         return done[name]
     if name == "tx_amount":
