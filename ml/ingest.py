@@ -72,8 +72,10 @@ def _source_view(con: duckdb.DuckDBPyConnection, path: Path, label_delay_days: f
     missing = [c for c in REQUIRED if c not in cols]
     if missing:
         raise ValueError(f"{path}: missing required column(s) {missing}; expected {list(REQUIRED)}")
-    opt = {c: (f"cast({c} as varchar)" if c in cols else "null") for c in ("tx_fraud", "label_time",
-                                                                          "tx_fraud_scenario")}
+    opt = {
+        c: (f"cast({c} as varchar)" if c in cols else "null")
+        for c in ("tx_fraud", "label_time", "tx_fraud_scenario")
+    }
     con.execute(f"""
         create or replace temp view src as
         select
@@ -83,9 +85,9 @@ def _source_view(con: duckdb.DuckDBPyConnection, path: Path, label_delay_days: f
             cast(customer_id as varchar) as customer_id,
             cast(terminal_id as varchar) as terminal_id,
             cast(tx_amount as varchar) as tx_amount_raw,
-            {opt['tx_fraud']} as tx_fraud_raw,
-            {opt['label_time']} as label_time_raw,
-            {opt['tx_fraud_scenario']} as scenario_raw
+            {opt["tx_fraud"]} as tx_fraud_raw,
+            {opt["label_time"]} as label_time_raw,
+            {opt["tx_fraud_scenario"]} as scenario_raw
         from {_reader(path)}
     """)
     con.execute(f"""
@@ -121,7 +123,8 @@ def _source_view(con: duckdb.DuckDBPyConnection, path: Path, label_delay_days: f
             end as reason,
             -- Labels without a label_time are assumed known after the configured delay.
             coalesce(label_time, case when tx_fraud is not null
-                then tx_datetime + to_seconds(cast({label_delay_days} * 86400 as bigint)) end) as label_known_at
+                then tx_datetime + to_seconds(cast({label_delay_days} * 86400 as bigint)) end)
+                as label_known_at
         from ranked
     """)
 
@@ -141,10 +144,14 @@ def land(
     con.execute("begin")
     con.execute(f"delete from raw.transactions where {in_slice}")
     # Rows with no usable timestamp belong to no partition: quarantine them once per source.
-    con.execute(f"delete from raw.quarantine where partition_start >= timestamp '{start}' "
-                f"and partition_start < timestamp '{end}' and source = ?", [src])
+    con.execute(
+        f"delete from raw.quarantine where partition_start >= timestamp '{start}' "
+        f"and partition_start < timestamp '{end}' and source = ?",
+        [src],
+    )
     con.execute("delete from raw.quarantine where partition_start is null and source = ?", [src])
-    con.execute(f"""
+    con.execute(
+        f"""
         insert into raw.quarantine (reason, transaction_id, tx_datetime, customer_id, terminal_id,
                                     tx_amount, tx_fraud, label_time, source, partition_start)
         select reason, transaction_id, tx_datetime_raw, customer_id, terminal_id, tx_amount_raw,
@@ -152,9 +159,12 @@ def land(
                    then date_trunc('day', tx_datetime) end
         from checked
         where reason is not null and (tx_datetime is null or ({in_slice}))
-    """, [src])
+    """,
+        [src],
+    )
     # A transaction_id already landed from another slice or source is a duplicate, not an update.
-    con.execute(f"""
+    con.execute(
+        f"""
         insert into raw.quarantine (reason, transaction_id, tx_datetime, customer_id, terminal_id,
                                     tx_amount, tx_fraud, label_time, source, partition_start)
         select 'duplicate transaction_id (already landed)', transaction_id, tx_datetime_raw, customer_id,
@@ -162,8 +172,11 @@ def land(
         from checked
         where reason is null and {in_slice}
         and transaction_id in (select transaction_id from raw.transactions)
-    """, [src])
-    con.execute(f"""
+    """,
+        [src],
+    )
+    con.execute(
+        f"""
         insert into raw.transactions (transaction_id, tx_datetime, customer_id, terminal_id, tx_amount,
                                       tx_fraud, label_time, tx_fraud_scenario, source)
         select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud,
@@ -171,15 +184,24 @@ def land(
         from checked
         where reason is null and {in_slice}
         and transaction_id not in (select transaction_id from raw.transactions)
-    """, [src])
+    """,
+        [src],
+    )
     con.execute("commit")
     rows, frauds = con.execute(
         f"select count(*), coalesce(sum(tx_fraud), 0) from raw.transactions where {in_slice}"
     ).fetchone()
-    quarantined = dict(con.execute(f"""
+    quarantined = dict(
+        con.execute(
+            f"""
         select reason, count(*) from raw.quarantine
         where source = ? and (partition_start is null or (partition_start >= timestamp '{start}'
               and partition_start < timestamp '{end}'))
         group by reason order by reason
-    """, [src]).fetchall())
-    return IngestStats(rows=int(rows), frauds=int(frauds), quarantined={k: int(v) for k, v in quarantined.items()})
+    """,
+            [src],
+        ).fetchall()
+    )
+    return IngestStats(
+        rows=int(rows), frauds=int(frauds), quarantined={k: int(v) for k, v in quarantined.items()}
+    )

@@ -32,14 +32,19 @@ def brute_force(raw: pd.DataFrame, tx: pd.Series) -> dict[str, float]:
     out: dict[str, float] = {}
     for f in FEATURES:
         if f.kind == "row":
-            out[f.name] = {"amount": tx.tx_amount, "weekend": float(t.isoweekday() >= 6),
-                           "night": float(t.hour <= 6)}[f.op]
+            out[f.name] = {
+                "amount": tx.tx_amount,
+                "weekend": float(t.isoweekday() >= 6),
+                "night": float(t.hour <= 6),
+            }[f.op]
         elif f.kind == "window":
             rows = seen[(seen[f.entity] == tx[f.entity]) & (seen.tx_datetime >= t - f.window)]
             out[f.name] = float(len(rows)) if f.agg == "count" else float(rows.tx_amount.mean())
         elif f.kind == "delayed_window":
             lo, hi = t - f.delay - f.window, t - f.delay
-            rows = seen[(seen[f.entity] == tx[f.entity]) & (seen.tx_datetime >= lo) & (seen.tx_datetime <= hi)]
+            rows = seen[
+                (seen[f.entity] == tx[f.entity]) & (seen.tx_datetime >= lo) & (seen.tx_datetime <= hi)
+            ]
             if f.agg == "count":
                 out[f.name] = float(len(rows))
             else:
@@ -69,16 +74,32 @@ def test_features_match_brute_force_recomputation(warehouse: Path) -> None:
         tx = raw.loc[raw.transaction_id == row.transaction_id].iloc[0]
         expected = brute_force(raw, tx)
         got = {name: row[name] for name in FEATURE_NAMES}
-        np.testing.assert_allclose([got[n] for n in FEATURE_NAMES], [expected[n] for n in FEATURE_NAMES],
-                                   rtol=1e-9, atol=1e-9, err_msg=f"transaction {row.transaction_id}")
+        np.testing.assert_allclose(
+            [got[n] for n in FEATURE_NAMES],
+            [expected[n] for n in FEATURE_NAMES],
+            rtol=1e-9,
+            atol=1e-9,
+            err_msg=f"transaction {row.transaction_id}",
+        )
 
 
 def _dbt_build(db: Path) -> None:
     env = {"FRAUD_WAREHOUSE": str(db), "PATH": str(Path(sys.executable).parent)}
     subprocess.run(
-        [str(Path(sys.executable).parent / "dbt"), "run", "--profiles-dir", ".", "--target-path",
-         str(db.parent / "target"), "--log-path", str(db.parent / "logs")],
-        cwd=ROOT / "dbt_project", env=env, check=True, capture_output=True,
+        [
+            str(Path(sys.executable).parent / "dbt"),
+            "run",
+            "--profiles-dir",
+            ".",
+            "--target-path",
+            str(db.parent / "target"),
+            "--log-path",
+            str(db.parent / "logs"),
+        ],
+        cwd=ROOT / "dbt_project",
+        env=env,
+        check=True,
+        capture_output=True,
     )
 
 
@@ -89,17 +110,29 @@ def test_future_changes_leave_past_features_unchanged(warehouse: Path, tmp_path:
     cutoff = before.tx_datetime.min() + (before.tx_datetime.max() - before.tx_datetime.min()) / 2
     with duckdb.connect(str(copy)) as con:
         # Rewrite the future: other amounts, flipped labels, and labels of past frauds arriving later.
-        con.execute("update raw.transactions set tx_amount = tx_amount * 3 + 1, tx_fraud = 1 - tx_fraud "
-                    "where tx_datetime > ?", [cutoff])
-        con.execute("update raw.transactions set label_time = ? + interval 1 second "
-                    "where tx_fraud = 1 and tx_datetime <= ? and label_time > ?", [cutoff, cutoff, cutoff])
-        n_future = con.execute("select count(*) from raw.transactions where tx_datetime > ?", [cutoff]).fetchone()[0]
+        con.execute(
+            "update raw.transactions set tx_amount = tx_amount * 3 + 1, tx_fraud = 1 - tx_fraud "
+            "where tx_datetime > ?",
+            [cutoff],
+        )
+        con.execute(
+            "update raw.transactions set label_time = ? + interval 1 second "
+            "where tx_fraud = 1 and tx_datetime <= ? and label_time > ?",
+            [cutoff, cutoff, cutoff],
+        )
+        n_future = con.execute(
+            "select count(*) from raw.transactions where tx_datetime > ?", [cutoff]
+        ).fetchone()[0]
     assert n_future > 1000
     _dbt_build(copy)
     _, after = _load(copy)
     cols = ["transaction_id", *FEATURE_NAMES]
-    past_before = before.loc[before.tx_datetime <= cutoff, cols].sort_values("transaction_id").reset_index(drop=True)
-    past_after = after.loc[after.tx_datetime <= cutoff, cols].sort_values("transaction_id").reset_index(drop=True)
+    past_before = (
+        before.loc[before.tx_datetime <= cutoff, cols].sort_values("transaction_id").reset_index(drop=True)
+    )
+    past_after = (
+        after.loc[after.tx_datetime <= cutoff, cols].sort_values("transaction_id").reset_index(drop=True)
+    )
     pd.testing.assert_frame_equal(past_before, past_after, check_exact=False, rtol=1e-12)
     # ...while the future did change (the test would be vacuous otherwise).
     fut_b = before.loc[before.tx_datetime > cutoff].sort_values("transaction_id")
@@ -111,12 +144,20 @@ def test_future_changes_leave_past_features_unchanged(warehouse: Path, tmp_path:
 def test_same_instant_transactions_see_only_earlier_ids(tmp_path: Path, window) -> None:
     """Ties: two transactions of one card at the same second are counted as a stream would see them."""
     t = pd.Timestamp("2018-04-10 12:00:00")
-    rows = pd.DataFrame({
-        "transaction_id": ["a", "b", "c"], "tx_datetime": [t - timedelta(days=1), t, t],
-        "customer_id": ["1", "1", "1"], "terminal_id": ["9", "9", "9"], "tx_amount": [10.0, 20.0, 30.0],
-        "tx_fraud": [0, 0, 0], "label_time": [t + timedelta(days=6), t + timedelta(days=7), t + timedelta(days=7)],
-        "tx_fraud_scenario": [0, 0, 0], "source": ["t"] * 3, "ingested_at": [t] * 3,
-    })
+    rows = pd.DataFrame(  # noqa: F841 - read by DuckDB's replacement scan below
+        {
+            "transaction_id": ["a", "b", "c"],
+            "tx_datetime": [t - timedelta(days=1), t, t],
+            "customer_id": ["1", "1", "1"],
+            "terminal_id": ["9", "9", "9"],
+            "tx_amount": [10.0, 20.0, 30.0],
+            "tx_fraud": [0, 0, 0],
+            "label_time": [t + timedelta(days=6), t + timedelta(days=7), t + timedelta(days=7)],
+            "tx_fraud_scenario": [0, 0, 0],
+            "source": ["t"] * 3,
+            "ingested_at": [t] * 3,
+        }
+    )
     db = tmp_path / "ties.duckdb"
     with duckdb.connect(str(db)) as con:
         con.execute("create schema raw")

@@ -40,8 +40,9 @@ def user_csv(tmp_path: Path) -> Path:
 def test_bad_rows_are_quarantined_with_reasons(user_csv: Path, tmp_path: Path) -> None:
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
         stats = land(con, user_csv, "2018-04-01", "2018-04-03", label_delay_days=7)
-        landed = con.execute("select transaction_id, tx_amount, tx_fraud, label_time "
-                             "from raw.transactions order by 1").df()
+        landed = con.execute(
+            "select transaction_id, tx_amount, tx_fraud, label_time from raw.transactions order by 1"
+        ).df()
         reasons = sorted(r[0] for r in con.execute("select reason from raw.quarantine").fetchall())
     assert list(landed.transaction_id) == ["t1", "t2", "t3"]
     assert stats.rows == 3 and stats.frauds == 1
@@ -56,8 +57,9 @@ def test_reingesting_a_partition_is_idempotent(user_csv: Path, tmp_path: Path) -
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
         land(con, user_csv, "2018-04-01", "2018-04-02")
         again = land(con, user_csv, "2018-04-01", "2018-04-02")
-        n_tx, n_q = con.execute("select (select count(*) from raw.transactions), "
-                                "(select count(*) from raw.quarantine)").fetchone()
+        n_tx, n_q = con.execute(
+            "select (select count(*) from raw.transactions), (select count(*) from raw.quarantine)"
+        ).fetchone()
     assert again.rows == 2 and n_tx == 2
     assert n_q == len(BAD)
 
@@ -65,7 +67,10 @@ def test_reingesting_a_partition_is_idempotent(user_csv: Path, tmp_path: Path) -
 def test_missing_required_column_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     pd.DataFrame({"transaction_id": [1], "tx_amount": [1.0]}).to_csv(path, index=False)
-    with duckdb.connect(str(tmp_path / "w.duckdb")) as con, pytest.raises(ValueError, match="missing required"):
+    with (
+        duckdb.connect(str(tmp_path / "w.duckdb")) as con,
+        pytest.raises(ValueError, match="missing required"),
+    ):
         land(con, path, "2018-04-01", "2018-04-02")
 
 

@@ -48,36 +48,84 @@ def _days(n: int) -> timedelta:
 def _build() -> tuple[Feature, ...]:
     feats: list[Feature] = [
         Feature("tx_amount", "row", "Transaction amount.", op="amount"),
-        Feature("tx_during_weekend", "row", "1 if the transaction is on Saturday or Sunday (UTC).", op="weekend"),
+        Feature(
+            "tx_during_weekend", "row", "1 if the transaction is on Saturday or Sunday (UTC).", op="weekend"
+        ),
         Feature("tx_during_night", "row", "1 if the transaction hour is <= 6 (UTC).", op="night"),
     ]
     for n in (1, 7, 30):
-        feats.append(Feature(f"customer_nb_tx_{n}d", "window",
-                             f"Customer's transactions in the last {n} day(s), this one included.",
-                             entity="customer_id", window=_days(n), agg="count"))
-        feats.append(Feature(f"customer_avg_amount_{n}d", "window",
-                             f"Customer's mean amount over the last {n} day(s), this one included.",
-                             entity="customer_id", window=_days(n), agg="mean"))
+        feats.append(
+            Feature(
+                f"customer_nb_tx_{n}d",
+                "window",
+                f"Customer's transactions in the last {n} day(s), this one included.",
+                entity="customer_id",
+                window=_days(n),
+                agg="count",
+            )
+        )
+        feats.append(
+            Feature(
+                f"customer_avg_amount_{n}d",
+                "window",
+                f"Customer's mean amount over the last {n} day(s), this one included.",
+                entity="customer_id",
+                window=_days(n),
+                agg="mean",
+            )
+        )
     for n in (1, 7, 30):
-        feats.append(Feature(f"terminal_nb_tx_{n}d", "delayed_window",
-                             f"Terminal's transactions in the {n} day(s) before the label-delay shift.",
-                             entity="terminal_id", window=_days(n), delay=RISK_DELAY, agg="count"))
-        feats.append(Feature(f"terminal_risk_{n}d", "delayed_window",
-                             f"Share of known frauds among the terminal's transactions in the {n} day(s) "
-                             "before the label-delay shift (labels known at t only).",
-                             entity="terminal_id", window=_days(n), delay=RISK_DELAY, agg="fraud_rate"))
+        feats.append(
+            Feature(
+                f"terminal_nb_tx_{n}d",
+                "delayed_window",
+                f"Terminal's transactions in the {n} day(s) before the label-delay shift.",
+                entity="terminal_id",
+                window=_days(n),
+                delay=RISK_DELAY,
+                agg="count",
+            )
+        )
+        feats.append(
+            Feature(
+                f"terminal_risk_{n}d",
+                "delayed_window",
+                f"Share of known frauds among the terminal's transactions in the {n} day(s) "
+                "before the label-delay shift (labels known at t only).",
+                entity="terminal_id",
+                window=_days(n),
+                delay=RISK_DELAY,
+                agg="fraud_rate",
+            )
+        )
     # Our own features, aimed at patterns the book's 15 miss:
     feats += [
         # Compromised cards spend far above their own habit (scenario 3).
-        Feature("amount_to_customer_avg_30d", "ratio",
-                "Amount divided by the customer's 30-day mean amount.",
-                numerator="tx_amount", denominator="customer_avg_amount_30d"),
+        Feature(
+            "amount_to_customer_avg_30d",
+            "ratio",
+            "Amount divided by the customer's 30-day mean amount.",
+            numerator="tx_amount",
+            denominator="customer_avg_amount_30d",
+        ),
         # Card-testing bursts: many transactions on one card within minutes (injected drift pattern).
-        Feature("customer_nb_tx_1h", "window", "Customer's transactions in the last hour, this one included.",
-                entity="customer_id", window=timedelta(hours=1), agg="count"),
+        Feature(
+            "customer_nb_tx_1h",
+            "window",
+            "Customer's transactions in the last hour, this one included.",
+            entity="customer_id",
+            window=timedelta(hours=1),
+            agg="count",
+        ),
         # Terminal velocity right now (no label needed): bursts at a terminal.
-        Feature("terminal_nb_tx_1h", "window", "Terminal's transactions in the last hour, this one included.",
-                entity="terminal_id", window=timedelta(hours=1), agg="count"),
+        Feature(
+            "terminal_nb_tx_1h",
+            "window",
+            "Terminal's transactions in the last hour, this one included.",
+            entity="terminal_id",
+            window=timedelta(hours=1),
+            agg="count",
+        ),
     ]
     return tuple(feats)
 

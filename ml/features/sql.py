@@ -32,8 +32,8 @@ def _window_model(entity: str, feats: list[Feature]) -> str:
     """Trailing windows [t - w, t]: RANGE frames include same-instant peers, so later peers are subtracted."""
     out = [
         HEADER.format(version=SPEC_VERSION),
-        "with transactions as (\n    select transaction_id, tx_datetime, {e}, tx_amount\n"
-        "    from {{{{ ref('stg_transactions') }}}}\n),\n".format(e=entity),
+        f"with transactions as (\n    select transaction_id, tx_datetime, {entity}, tx_amount\n"
+        "    from {{ ref('stg_transactions') }}\n),\n",
         "\n-- Same-instant transactions of one entity are ordered by transaction_id: a transaction sees\n"
         "-- the earlier ones only, as a stream would.\n",
         "later_peers as (\n    select\n        *,\n",
@@ -46,8 +46,10 @@ def _window_model(entity: str, feats: list[Feature]) -> str:
     ]
     for f in feats:
         assert f.window is not None
-        frame = (f"(partition by {entity} order by tx_datetime range between {_interval(f.window)} "
-                 "preceding and current row)")
+        frame = (
+            f"(partition by {entity} order by tx_datetime range between {_interval(f.window)} "
+            "preceding and current row)"
+        )
         n = f"(count(*) over {frame} - later_n)"
         if f.agg == "count":
             out.append(f",\n    {n} as {f.name}")
@@ -82,8 +84,9 @@ def _delayed_model(entity: str, feats: list[Feature]) -> str:
     for f in feats:
         if f.agg == "fraud_rate":
             assert f.window is not None
+            since = _interval(delay + f.window)
             lines.append(
-                f",\n        count(*) filter (where k.tx_datetime >= t.tx_datetime - {_interval(delay + f.window)})"
+                f",\n        count(*) filter (where k.tx_datetime >= t.tx_datetime - {since})"
                 f" as n_fraud_{f.name}"
             )
     lines.append(
@@ -195,14 +198,29 @@ def _schema(groups: dict[str, list[Feature]]) -> str:
                 f"(version {SPEC_VERSION}). Training data for the daily model.",
                 "config": {"meta": {"feature_spec_version": SPEC_VERSION}},
                 "columns": [
-                    {"name": "transaction_id", "description": "Unique transaction key.",
-                     "data_tests": ["unique", "not_null"]},
-                    {"name": "tx_datetime", "description": "Transaction time (UTC).", "data_tests": ["not_null"]},
-                    {"name": "tx_fraud", "description": "Label (null when unknown).",
-                     "data_tests": [{"accepted_values": {"arguments": {"values": [0, 1], "quote": False}}}]},
+                    {
+                        "name": "transaction_id",
+                        "description": "Unique transaction key.",
+                        "data_tests": ["unique", "not_null"],
+                    },
+                    {
+                        "name": "tx_datetime",
+                        "description": "Transaction time (UTC).",
+                        "data_tests": ["not_null"],
+                    },
+                    {
+                        "name": "tx_fraud",
+                        "description": "Label (null when unknown).",
+                        "data_tests": [
+                            {"accepted_values": {"arguments": {"values": [0, 1], "quote": False}}}
+                        ],
+                    },
                     {"name": "label_time", "description": "When the label became known."},
                 ]
-                + [{"name": f.name, "description": f.description, "data_tests": _tests_for(f)} for f in FEATURES],
+                + [
+                    {"name": f.name, "description": f.description, "data_tests": _tests_for(f)}
+                    for f in FEATURES
+                ],
             }
         ]
         + [

@@ -42,7 +42,9 @@ def raw_transactions(
     path = resolve_source(settings)
     context.log.info(f"Landing {path} for [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d})")
     with duckdb.get_connection() as con:
-        stats = land(con, path, f"{window.start:%Y-%m-%d}", f"{window.end:%Y-%m-%d}", settings.label_delay_days)
+        stats = land(
+            con, path, f"{window.start:%Y-%m-%d}", f"{window.end:%Y-%m-%d}", settings.label_delay_days
+        )
     if stats.quarantined_total:
         context.log.warning(f"Quarantined {stats.quarantined_total} row(s): {stats.quarantined}")
     return dg.MaterializeResult(
