@@ -1,6 +1,6 @@
 """`make drift-demo`: the drift -> check -> retrain -> gate loop on a simulation with injected drift.
 
-Two simulations (1,500 cards, 110 days; drift from day 80 in one, none in the other) are each landed and
+Two simulations (600 cards, 110 days; drift from day 80 in one, none in the other) are each landed and
 featurised through the real Dagster assets (ingest + dbt) in their own data directory, then replayed day by
 day exactly as production would see them:
 
@@ -9,7 +9,9 @@ day exactly as production would see them:
 - the label-free checks (feature drift, score drift) run on day d, the quality check on day d - delay (its
   labels are known by the end of day d) -- the same ``ml.monitoring`` code the Dagster assets run;
 - when a check fails, retraining runs for partition d + 1 (labels known then) with the training stage's
-  functions and passes the registry's champion gate; a promoted model serves from day d + 1.
+  functions and passes the registry's champion gate; a promoted model serves from day d + 1. A retrain
+  after an alarm weights rows by recency (half-life ``--retrain-half-life`` days) and validates/gates on the
+  last ``--retrain-valid-days`` labelled days, so the first labels of the new behaviour count.
 
 Output: ``<data>/drift_demo/report.md`` + ``drift.png`` (per day AP of the three models, flag and retrain
 days) and ``benchmarks/results/drift.json`` (``days_to_flag``, ``days_to_recover``, ``false_alarms_per_30d``).
@@ -63,7 +65,8 @@ def _scenario_env(base: Path, name: str, args: argparse.Namespace) -> dict[str, 
 # --------------------------------------------------------------------------------------------- scenario
 
 
-def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, save_reports: bool) -> None:
+def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, save_reports: bool,
+                 half_life: float | None = None, retrain_valid_days: int | None = None) -> None:
     """Inside a subprocess whose environment selects the scenario (settings are read at import)."""
     import duckdb
 
@@ -90,10 +93,18 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
     def train_and_gate(day: pd.Timestamp, reason: str) -> dict:
         from sklearn.metrics import average_precision_score, roc_auc_score
 
-        data = build(con, day.to_pydatetime(), cfg)
-        res = fit(
-            data, XGBParams(n_rounds=100, early_stopping_rounds=20)
-        )  # seconds, not minutes, per retrain
+        # After an alarm, validate (and gate) on the latest labelled days only: a week-long validation
+        # window is still mostly the old behaviour, where the champion looks fine.
+        after_alarm = reason != "initial champion"
+        win = cfg
+        if after_alarm and retrain_valid_days:
+            win = WindowConfig(train_days=train_days + valid_days - retrain_valid_days,
+                               valid_days=retrain_valid_days)
+        data = build(con, day.to_pydatetime(), win)
+        # Seconds, not minutes, per retrain. A retrain after an alarm weights recent rows up (half-life in
+        # days): the first labelled days of the new behaviour are few against weeks of the old.
+        recent = half_life if after_alarm else None
+        res = fit(data, XGBParams(n_rounds=100, early_stopping_rounds=20, recency_half_life_days=recent))
         tag = registry.save_candidate(res.booster, model_metadata(data, res, {"trigger": reason}))
         current = registry.champion()
         champ_metrics = None
@@ -275,11 +286,12 @@ def summarise(drift: dict, stable: dict, drift_day: int, delay: float) -> dict:
     post = dd[pd.to_datetime(dd.index) >= onset]
     flagged = post[post["label_free_flag"]]
     first_flag = pd.Timestamp(flagged.index[0]) if len(flagged) else None
-    # Level to recover to: the serving champion's mean daily AP before the drift; "recovered" when the
-    # 3-day rolling mean of the serving champion's AP is back there (daily AP alone is too noisy).
+    # Level to recover to: the serving champion's mean daily AP before the drift; recovered on the first day
+    # d from which the mean AP of d, d+1, d+2 is back there (one day alone is too noisy; a forward window
+    # dates the recovery to the day it happens, a trailing one would date it two days late).
     level = float(pre["ap_champion"].mean())
     first_labels = onset + pd.Timedelta(days=delay)
-    roll = dd["ap_champion"].rolling(3, min_periods=3).mean()
+    roll = dd["ap_champion"][::-1].rolling(3, min_periods=3).mean()[::-1]
     after = roll[(pd.to_datetime(roll.index) >= first_labels) & (roll >= level)]
     recovered = pd.Timestamp(after.index[0]) if len(after) else None
     n_alarms = int(sd["label_free_flag"].sum() + 0)
@@ -389,13 +401,17 @@ def write_report(folder: Path, summary: dict, drift: dict) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--customers", type=int, default=1500)
+    p.add_argument("--customers", type=int, default=600)
     p.add_argument("--days", type=int, default=110)
     p.add_argument("--drift-day", type=int, default=80)
     p.add_argument("--first-day", type=int, default=65, help="day of the first champion (after warm-up)")
     p.add_argument("--train-days", type=int, default=14)
     p.add_argument("--valid-days", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain-valid-days", type=int, default=2,
+                   help="validation (and gate) window of retrains after an alarm, in days")
+    p.add_argument("--retrain-half-life", type=float, default=2.0,
+                   help="recency half-life (days) of retrains after an alarm; 0 = unweighted")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--scenario", choices=["drift", "stable"], help=argparse.SUPPRESS)
     p.add_argument("--scenario-out", type=Path, help=argparse.SUPPRESS)
@@ -407,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
             args.train_days,
             args.valid_days,
             save_reports=args.scenario == "drift",
+            half_life=args.retrain_half_life or None,
+            retrain_valid_days=args.retrain_valid_days,
         )
         return {}
     from ml.settings import get_settings

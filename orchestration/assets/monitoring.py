@@ -233,6 +233,15 @@ MONITORED_CHECKS = [
 RETRAIN_ASSETS = ["training_set", "xgb_model", "model_evaluation", "champion_gate"]
 
 
+def _partition_of(instance: dg.DagsterInstance, record) -> str | None:  # noqa: ANN001 - check record
+    """The partition a check evaluated: the record's, else its run's partition tag (a check emitted by a
+    partitioned asset's run is stored without one)."""
+    if record.partition:
+        return record.partition
+    run = instance.get_run_by_id(record.run_id)
+    return run.tags.get("dagster/partition") if run is not None else None
+
+
 def retrain_requests(
     instance: dg.DagsterInstance, cursor: int, partitions: list[str]
 ) -> tuple[list[dg.RunRequest], int]:
@@ -251,7 +260,7 @@ def retrain_requests(
         newest = max(newest, record.id)
         if record.status != AssetCheckExecutionRecordStatus.FAILED:
             continue
-        failed_day = record.partition or partitions[-1]
+        failed_day = _partition_of(instance, record) or partitions[-1]
         nxt = _next_key(failed_day, partitions)
         evaluation = record.evaluation
         summary = (

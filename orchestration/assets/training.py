@@ -11,6 +11,7 @@ On historical data (simulator, a user's file) every step of one partition can ru
 """
 
 import json
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class ModelConfig(dg.Config):
     seed: int = XGBParams.seed
     refit_on_valid: bool = XGBParams.refit_on_valid
     alert_rate: float = XGBParams.alert_rate
+    recency_half_life_days: float | None = XGBParams.recency_half_life_days
 
 
 class EvaluationConfig(dg.Config):
@@ -106,9 +108,7 @@ def training_set(context: dg.AssetExecutionContext, config: WindowsConfig,
     })
 
 
-@dg.asset_check(asset=training_set, blocking=True, partitions_def=daily_partitions,
-                description="No row's label is unknown at D, and train/valid/test windows do not overlap.")
-def training_set_point_in_time(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def _point_in_time(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     import numpy as np
 
     from ml.training.training_set import read_parquet
@@ -122,6 +122,15 @@ def training_set_point_in_time(context: dg.AssetCheckExecutionContext) -> dg.Ass
     ordered = w.train[1] <= w.valid[0] and w.valid[1] <= w.day <= w.test[0]
     return dg.AssetCheckResult(passed=late == 0 and ordered,
                                metadata={"rows_with_label_after_D": late, "windows_ordered": ordered})
+
+
+with warnings.catch_warnings():
+    # A partitioned check (it reads the rows of D) is a Dagster "preview" feature: keep its warning quiet.
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    training_set_point_in_time = dg.asset_check(
+        asset=training_set, name="training_set_point_in_time", blocking=True, partitions_def=daily_partitions,
+        description="No row's label is unknown at D, and train/valid/test windows do not overlap.",
+    )(_point_in_time)
 
 
 @dg.asset(
@@ -152,14 +161,30 @@ def xgb_model(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.Mate
     })
 
 
+def _model_of(context: dg.AssetExecutionContext, day: str):  # -> bentoml.Model
+    """The model that xgb_model last materialized for D (its tag is in the materialization's metadata), so a
+    later or concurrent fit of the same day, e.g. a drift-triggered retrain, is never evaluated by mistake.
+    Falls back to the newest fraud-xgb labelled with D (a model saved outside Dagster)."""
+    from ml import registry
+
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=xgb_model.key, asset_partitions=[day]), limit=1).records
+    if records:
+        mat = records[0].asset_materialization
+        if mat is not None and "tag" in mat.metadata:
+            return registry.get(str(mat.metadata["tag"].value))
+    return registry.candidate_for_partition(day)
+
+
 def _evaluate(con, model, test_start, test_end, k: int):  # -> (Metrics, scores, TestWindow)
     from ml import registry
     from ml.training.evaluate import evaluate_booster, load_test_window
 
     names = list(model.info.metadata["feature_names"])
     window = load_test_window(con, test_start, test_end, names)
+    threshold = model.info.metadata.get("threshold")
     metrics, scores = evaluate_booster(registry.load_booster(model), window, names,
-                                       threshold=float(model.info.metadata["threshold"]), k=k)
+                                       threshold=None if threshold is None else float(threshold), k=k)
     return metrics, scores, window
 
 
@@ -177,11 +202,11 @@ def _check_complete(con, test_end, delay_days: float) -> None:
 )
 def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig,
                      duckdb: DuckDBResource) -> dg.MaterializeResult:
-    from ml import plots, registry
+    from ml import plots
     from ml.training.training_set import as_datetime
 
     day = context.partition_key
-    model = registry.candidate_for_partition(day)
+    model = _model_of(context, day)
     md = model.info.metadata
     test_start, test_end = as_datetime(md["test_start"]), as_datetime(md["test_end"])
     with duckdb.get_connection() as con:
@@ -214,11 +239,19 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
         "auc_roc": s["auc_roc"], "average_precision": s["average_precision"],
         f"card_precision_at_{metrics.k}": s[f"card_precision_at_{metrics.k}"],
         "alert_precision": s.get("alert_precision", 0.0), "alert_recall": s.get("alert_recall", 0.0),
+        "alerts": int(s.get("alert_alerts", 0)), "alert_threshold": s.get("alert_threshold", 0.0),
+        "calibration": dg.MetadataValue.md(_calibration_table(metrics.calibration)),
         "test_transactions": metrics.n_transactions, "test_frauds": metrics.n_frauds,
         "removed_known_compromised": metrics.removed_known_compromised,
         "report_dir": dg.MetadataValue.path(str(out)),
         "plots": dg.MetadataValue.md(report),
     })
+
+
+def _calibration_table(bins: list[dict[str, float]]) -> str:
+    rows = [f"| {b['lo']:.1f}-{b['hi']:.1f} | {int(b['n']):,} | {b['mean_score']:.3f} "
+            f"| {b['fraud_rate']:.3f} |" for b in bins]
+    return "| score bin | transactions | mean score | fraud rate |\n|---|---|---|---|\n" + "\n".join(rows)
 
 
 def _removed_mask(window, scores):  # rows the protocol drops (known-compromised cards)
@@ -244,17 +277,20 @@ def champion_gate(context: dg.AssetExecutionContext, config: GateConfig,
     champion_metrics, champion_tag, note = None, None, ""
     if current is not None:
         champion_tag = str(current.tag)
-        if current.info.metadata.get("source_tag") == str(challenger.tag):
-            note = "challenger is already the champion"
-        with duckdb.get_connection() as con:
-            cm, _, _ = _evaluate(con, current, as_datetime(record["test_start"]),
-                                 as_datetime(record["test_end"]), int(record["top_k"]))
-        champion_metrics = cm.summary()
-        if as_datetime(current.info.metadata["train_end"]) > as_datetime(record["test_start"]):
+        md = current.info.metadata
+        try:  # any champion with feature names is compared on the same window, gated or not (e.g. a stand-in)
+            with duckdb.get_connection() as con:
+                cm, _, _ = _evaluate(con, current, as_datetime(record["test_start"]),
+                                     as_datetime(record["test_end"]), int(record["top_k"]))
+            champion_metrics = cm.summary()
+        except (KeyError, ValueError) as e:  # no feature names, or features this warehouse lacks
+            note = f"champion {champion_tag} cannot be scored on this window ({e!r}): not comparable"
+        train_end = md.get("train_end")
+        if train_end and as_datetime(train_end) > as_datetime(record["test_start"]):
             note += " champion's training data overlaps the test window (its figures are optimistic)"
     decision = registry.gate(str(challenger.tag), record["metrics"], champion_metrics, config.tolerance,
                              evaluation_window={"start": record["test_start"], "end": record["test_end"]},
-                             champion_tag=champion_tag)
+                             champion_tag=champion_tag, note=note.strip())
     rows = [f"| {k} | {record['metrics'][k]:.4f} | "
             + (f"{champion_metrics[k]:.4f} |" if champion_metrics else "- |")
             for k in ("auc_roc", "average_precision") + tuple(
@@ -295,13 +331,33 @@ def daily_training_schedule(context: dg.ScheduleEvaluationContext):
     return requests or dg.SkipReason(f"{today} and its evaluation day are outside the partitions")
 
 
-def demo_partition(test_days: int = WindowsConfig().test_days) -> str:
-    """The latest day D whose whole pipeline (including the test window's labels) fits in the data."""
-    s = get_settings()
+# The book's protocol (Le Borgne et al. 2022): training data up to 2018-07-31, 7-day delay, test 08-08..14.
+BOOK_DAY = "2018-08-08"
+
+
+def evaluable_days(windows: WindowsConfig | None = None) -> tuple[str, str]:
+    """First and last day D of the configured partitions whose training window starts inside the data and
+    whose test window (and its labels' delay) ends inside it."""
     from datetime import date
 
-    last = date.fromisoformat(s.end_date) - timedelta(days=1)  # end_date is exclusive
-    return (last - timedelta(days=test_days + int(round(s.label_delay_days))) + timedelta(days=1)).isoformat()
+    windows = windows or WindowsConfig()
+    s = get_settings()
+    delay = timedelta(days=int(round(s.label_delay_days)))
+    first = date.fromisoformat(s.start_date) + timedelta(days=windows.train_days + windows.valid_days) + delay
+    last_day = date.fromisoformat(s.end_date) - timedelta(days=1)  # end_date is exclusive
+    last = last_day - timedelta(days=windows.test_days - 1) - delay
+    return first.isoformat(), last.isoformat()
+
+
+def demo_partition(test_days: int = WindowsConfig().test_days) -> str:
+    """The day D that `make demo` trains and evaluates: the book's day when the data covers its windows (the
+    default simulation), else the latest day whose whole pipeline, test labels included, fits in the data."""
+    first, last = evaluable_days(WindowsConfig(test_days=test_days))
+    if last < first:
+        s = get_settings()
+        raise ValueError(f"the configured days ({s.start_date} .. {s.end_date}) are too few for a training "
+                         "window, its validation, the label delay and a test week")
+    return BOOK_DAY if first <= BOOK_DAY <= last else last
 
 
 defs = dg.Definitions(
