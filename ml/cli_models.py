@@ -30,6 +30,7 @@ def list_cmd(as_json: bool) -> None:
         figures = " ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, float) and "n_" not in k)
         star = "*" if r["is_champion"] else " "
         extra = f" {r['action']} of {r['source_tag']}" if r["source_tag"] else ""
+        extra += f" gate: {r['gate']}" if r.get("gate") else ""
         click.echo(f"{star} {r['tag']:<40} {r['created']} day={r['partition']} "
                    f"train=[{r['train_start'][:10]}, {r['train_end'][:10]}) {figures}{extra}")
 

@@ -127,6 +127,9 @@ def promote(tag: str, reason: str, decision: dict[str, Any] | None = None) -> st
     source = get(tag)
     if source.tag.name == CHAMPION_NAME:  # re-promoting an old champion version: point at its candidate
         source = get(str(source.info.metadata["source_tag"]))
+    missing = [k for k in REQUIRED_METADATA if k not in source.info.metadata]
+    if missing:  # the gate, the service and monitoring all read these: refuse rather than fail later
+        raise ValueError(f"{source.tag} lacks metadata {missing} (registry contract): not promoted")
     meta = dict(source.info.metadata)
     meta.update(source_tag=str(source.tag), promoted_at=_now(), action="promote",
                 decision=decision or {"reason": reason})
@@ -191,16 +194,28 @@ def decide(eval_metrics: dict[str, float], champion_metrics: dict[str, float] | 
 
 def gate(challenger_tag: str, eval_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
          tolerance: float = DEFAULT_TOLERANCE, evaluation_window: dict[str, str] | None = None,
-         champion_tag: str | None = None) -> Decision:
-    """Decide, promote if the challenger passes, and record the decision (decisions.jsonl)."""
+         champion_tag: str | None = None, note: str = "") -> Decision:
+    """Decide, promote if the challenger passes, and record the decision (decisions.jsonl).
+
+    ``champion_metrics`` None with a champion in place means it could not be scored on the window (``note``
+    says why): it cannot block a challenger that was. A challenger that already is the champion stays so
+    without a new champion version (re-running a day's gate changes nothing)."""
     ok, reason = decide(eval_metrics, champion_metrics, tolerance)
+    current = champion()
     if champion_tag is None and champion_metrics is not None:
-        current = champion()
         champion_tag = str(current.tag) if current else None
+    if champion_metrics is None and current is not None:
+        reason = f"champion {current.tag} has no figures on this window: challenger promoted"
+    if note:
+        reason += f" ({note})"
     d = Decision(challenger_tag, ok, reason, tolerance, dict(eval_metrics),
                  dict(champion_metrics) if champion_metrics else None, champion_tag,
                  dict(evaluation_window or {}))
-    if ok:
+    already = current is not None and current.info.metadata.get("source_tag") == str(get(challenger_tag).tag)
+    if ok and already:
+        d.new_champion_tag = str(current.tag)
+        d.reason += "; it already is the champion"
+    elif ok:
         d.new_champion_tag = promote(challenger_tag, reason, decision={
             "reason": reason, "tolerance": tolerance, "evaluation_window": d.evaluation_window,
             "challenger_metrics": d.challenger_metrics, "champion_metrics": d.champion_metrics or {},
@@ -209,28 +224,35 @@ def gate(challenger_tag: str, eval_metrics: dict[str, float], champion_metrics: 
     return d
 
 
-def last_decisions(n: int = 20) -> list[dict[str, Any]]:
+def last_decisions(n: int | None = 20) -> list[dict[str, Any]]:
+    """The last ``n`` recorded decisions (all with None), oldest first."""
     path = decisions_path()
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()[-n:]]
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in (lines if n is None else lines[-n:]) if line.strip()]
 
 
 def list_models() -> list[dict[str, Any]]:
     """Every candidate and champion version, oldest first, with the figures that matter."""
     current = champion()
     current_source = current.info.metadata.get("source_tag") if current else None
+    # A candidate's test-window figures and gate outcome live in the decision log (models are immutable).
+    gated = {d["challenger_tag"]: d for d in last_decisions(n=None) if d.get("action") == "gate"}
     out = []
     for name in (MODEL_NAME, CHAMPION_NAME):
         for m in _versions(name):
             md = m.info.metadata
+            g = gated.get(str(m.tag), {})
             out.append({
                 "tag": str(m.tag), "name": name,
                 "created": m.info.creation_time.isoformat(timespec="seconds"),
                 "partition": md.get("partition", ""), "train_start": md.get("train_start", ""),
                 "train_end": md.get("train_end", ""), "spec_version": md.get("spec_version", ""),
                 "data_fingerprint": md.get("data_fingerprint", ""), "metrics": md.get("metrics", {}),
-                "test_metrics": (md.get("decision") or {}).get("challenger_metrics", {}),
+                "test_metrics": (md.get("decision") or {}).get("challenger_metrics")
+                or g.get("challenger_metrics", {}),
+                "gate": ("" if not g else "promoted" if g.get("promoted") else "rejected"),
                 "source_tag": md.get("source_tag", ""), "action": md.get("action", ""),
                 "is_champion": (name == MODEL_NAME and str(m.tag) == current_source)
                 or (current is not None and str(m.tag) == str(current.tag)),

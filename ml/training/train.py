@@ -21,7 +21,7 @@ from ml.training.training_set import Frame, TrainingData
 @dataclass(frozen=True)
 class XGBParams:
     # Shallow trees with a minimum leaf weight: the best validation AP of the grid tried on the book's week
-    # (depth 3-6, min_child_weight 1-5, eta 0.05-0.1; benchmarks/bench_training.py, docs/training.md).
+    # (depth 3-6, min_child_weight 1-5, eta 0.05-0.1; benchmarks/bench_training.py, README.md (Training)).
     max_depth: int = 4
     learning_rate: float = 0.1
     n_rounds: int = 300
@@ -45,7 +45,7 @@ class XGBParams:
     # Recency weighting: a row's weight halves every this many days of age (counted back from the newest
     # labelled row). None = all rows equal (the daily default). After a drift alarm the few days that show
     # the new behaviour are outnumbered by weeks of old ones; a short half-life lets them count
-    # (orchestration/drift_demo.py, docs/monitoring.md).
+    # (orchestration/drift_demo.py, README.md (Monitoring)).
     recency_half_life_days: float | None = None
 
 
