@@ -283,6 +283,7 @@ class Worker:
         self._initial_base: bytes | None = None
         self._writing: tuple[threading.Thread, dict[str, int]] | None = None
         self._write_error: BaseException | None = None
+        self._landed_seq = 0  # last checkpoint known to be on disk (read by the crash tests' fault injection)
         if not (restore and self._restore()):
             # A fresh chain starts from the state as given (normally empty): base-0.
             self._initial_base = ckpt.base_bytes(self.pending, ckpt.snapshot_store(store))
@@ -349,6 +350,7 @@ class Worker:
     def _write(self, job: ckpt.WriteJob) -> None:
         try:
             ckpt.write(self.checkpoint_dir, job)
+            self._landed_seq = job.seq
         except BaseException as e:  # re-raised on the worker's thread by wait_for_checkpoint
             self._write_error = e
 
@@ -394,8 +396,11 @@ class Worker:
         t0 = time.perf_counter()
         idle_since = time.monotonic()
         done = 0
-        # Fault injection for the crash tests: SIGKILL ourselves after N events (no cleanup, no flush).
+        # Fault injection for the crash tests: SIGKILL ourselves after N events (no cleanup, no flush), once
+        # at least K checkpoints are on disk; writes are off-thread, so on a loaded machine event counts alone
+        # would not say how many have landed.
         kill_after = int(os.environ.get("FRAUD_FAULT_KILL_AFTER_EVENTS", "0") or 0)
+        kill_min_seq = int(os.environ.get("FRAUD_FAULT_KILL_MIN_CHECKPOINTS", "0") or 0)
         try:
             while max_events is None or done < max_events:
                 n = self.batch_size if max_events is None else min(self.batch_size, max_events - done)
@@ -403,7 +408,7 @@ class Worker:
                 if msgs:
                     self.process(msgs)
                     done += len(msgs)
-                    if kill_after and done >= kill_after:
+                    if kill_after and done >= kill_after and self._landed_seq >= kill_min_seq:
                         os.kill(os.getpid(), signal.SIGKILL)
                     self._since_ckpt += len(msgs)
                     idle_since = time.monotonic()

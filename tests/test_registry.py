@@ -48,10 +48,31 @@ def test_worse_challenger_is_not_promoted_and_decision_recorded(pair: dict) -> N
     last = registry.last_decisions(1)[-1]
     assert last["challenger_tag"] == bad["tag"] and last["promoted"] is False
     assert last["champion_metrics"]["average_precision"] == good["metrics"]["average_precision"]
-    # A challenger as good within the tolerance is promoted.
-    ok = registry.gate(good["tag"], {**good["metrics"], "average_precision":
-                                     good["metrics"]["average_precision"] - 0.005}, good["metrics"])
+    row = next(r for r in registry.list_models() if r["tag"] == bad["tag"])  # what `fraud models list` shows
+    assert row["gate"] == "rejected" and row["test_metrics"] == bad["metrics"] and not row["is_champion"]
+    # A challenger as good within the tolerance is promoted (the rule alone: figures set by hand).
+    within = {**good["metrics"], "average_precision": good["metrics"]["average_precision"] - 0.005}
+    ok = registry.gate(bad["tag"], within, good["metrics"])
     assert ok.promoted and registry.champion().info.metadata["action"] == "promote"
+    assert registry.champion().info.metadata["source_tag"] == bad["tag"]
+
+
+def test_promotion_refuses_a_model_without_contract_metadata(pair: dict) -> None:
+    import bentoml
+
+    from ml import registry
+    from ml.cli import main
+
+    booster = registry.load_booster(pair["bad"]["tag"])
+    tag = str(bentoml.xgboost.save_model(registry.MODEL_NAME, booster,
+                                         metadata={"feature_names": list(pair["names"])}).tag)
+    registry.promote(pair["good"]["tag"], "baseline")
+    before = str(registry.champion().tag)
+    with pytest.raises(ValueError, match="registry contract"):
+        registry.promote(tag, "no training window, threshold, fingerprint")
+    res = CliRunner().invoke(main, ["models", "promote", tag])
+    assert res.exit_code != 0 and "lacks metadata" in res.output
+    assert str(registry.champion().tag) == before
 
 
 def test_first_model_is_promoted_without_champion() -> None:

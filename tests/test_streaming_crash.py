@@ -50,17 +50,23 @@ def _run(cmd: list[str], data_dir: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def _run_and_kill(cmd: list[str], data_dir: Path, after_events: int = 6700) -> None:
-    """Run the worker until it SIGKILLs itself after ``after_events`` events (past checkpoint 2, mid-batch).
+def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: int = 6700) -> None:
+    """Run the worker until it SIGKILLs itself after ``after_events`` events, once checkpoint 2 is on disk.
 
-    The kill is injected (FRAUD_FAULT_KILL_AFTER_EVENTS) rather than timed from outside, so it lands at the
-    same place on a loaded machine: the worker dies with nothing flushed and nothing cleaned up.
+    The kill is injected (FRAUD_FAULT_KILL_*) rather than timed from outside, so it lands past checkpoint 2
+    on a loaded machine too (a later write may be in flight): the worker dies with nothing flushed and
+    nothing cleaned up, with events processed since its last checkpoint.
     """
-    env = _env(data_dir) | {"FRAUD_FAULT_KILL_AFTER_EVENTS": str(after_events)}
+    env = _env(data_dir) | {"FRAUD_FAULT_KILL_AFTER_EVENTS": str(after_events),
+                            "FRAUD_FAULT_KILL_MIN_CHECKPOINTS": "2"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, f"not killed: rc={out.returncode} {out.stderr[-2000:]}"
-    left = pickle.loads((data_dir / "streaming" / "river" / "latest.pkl").read_bytes())
-    assert left["seq"] >= 2 and sum(left["position"].values()) < after_events, "kill after checkpoint 2"
+    def head(d: Path) -> dict:
+        return pickle.loads((d / "streaming" / "river" / "latest.pkl").read_bytes())
+
+    left, end = head(data_dir), head(ref_dir)  # ref_dir: the uninterrupted run, already finished
+    assert left["seq"] >= 2, "kill after checkpoint 2"
+    assert sum(left["position"].values()) < sum(end["position"].values()), "kill before the stream's end"
 
 
 def _final(data_dir: Path):
@@ -77,7 +83,7 @@ def test_kill9_replay_memory_store_equals_uninterrupted(small_events: Path, tmp_
     # rebuilds its state from a folded base plus deltas (and the kill may land during a fold).
     args = ["--events", "replay", "--store", "memory", "--path", str(small_events), "--compact-after", "5000"]
     _run(_worker_cmd(*args), tmp_path / "ref")
-    _run_and_kill(_worker_cmd(*args), tmp_path / "crash")
+    _run_and_kill(_worker_cmd(*args), tmp_path / "crash", tmp_path / "ref")
     _run(_worker_cmd(*args), tmp_path / "crash")  # restart: resumes from the checkpoint
 
     ref, ref_model = _final(tmp_path / "ref")
@@ -124,7 +130,7 @@ def test_kill9_kafka_redis_equals_uninterrupted(small_events: Path, tmp_path: Pa
             base = ["--events", "kafka", "--store", "redis", "--bootstrap", broker.bootstrap,
                     "--idle-timeout", "3"]
             _run(_worker_cmd(*base, "--redis-prefix", p_ref), tmp_path / "ref")
-            _run_and_kill(_worker_cmd(*base, "--redis-prefix", p_crash), tmp_path / "crash")
+            _run_and_kill(_worker_cmd(*base, "--redis-prefix", p_crash), tmp_path / "crash", tmp_path / "ref")
             _run(_worker_cmd(*base, "--redis-prefix", p_crash), tmp_path / "crash")
 
             ref, ref_model = _final(tmp_path / "ref")

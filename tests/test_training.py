@@ -93,26 +93,62 @@ def test_alert_budget_and_calibration() -> None:
     assert bins[0]["fraud_rate"] == pytest.approx(1 / 3)
 
 
+def _standin_champion() -> str:
+    """A champion saved straight into the store with only what the service needs (as a serving test or a
+    user may do): no training window, threshold or metrics. The gate must still work over it."""
+    import bentoml
+    import xgboost as xgb
+
+    from ml import registry
+    from ml.features.spec import FEATURE_NAMES
+    from ml.settings import export_tool_env
+
+    rng = np.random.default_rng(1)
+    X = rng.random((500, len(FEATURE_NAMES)))
+    booster = xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(X, label=rng.integers(0, 2, 500),
+                        feature_names=list(FEATURE_NAMES)), num_boost_round=3)
+    export_tool_env()
+    meta = {"feature_names": list(FEATURE_NAMES), "source_tag": "stand-in"}
+    model = bentoml.xgboost.save_model(registry.CHAMPION_NAME, booster, metadata=meta)
+    return str(model.tag)
+
+
 def test_training_assets_end_to_end(warehouse: Path) -> None:
-    """training_set -> xgb_model -> model_evaluation -> champion_gate for one day, through Dagster."""
+    """training_set -> xgb_model -> model_evaluation -> champion_gate for one day, through Dagster, over a
+    champion that has no registry metadata (whatever other tests left in the shared store)."""
     from ml import registry
     from ml.settings import get_settings
     from orchestration.demo import run
 
+    standin = _standin_champion()
     result = run("group:training", partition_key=DAY)
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks)
+    trained = result.asset_materializations_for_node("xgb_model")[0].metadata
     ev = result.asset_materializations_for_node("model_evaluation")[0].metadata
+    assert ev["model_tag"].value == trained["tag"].value  # the model this run trained, not another of D
     assert 0.5 < ev["auc_roc"].value <= 1.0 and ev["card_precision_at_100"].value >= 0.0
-    assert "data:image/png;base64," in ev["plots"].value
+    assert ev["alerts"].value > 0 and 0.0 <= ev["alert_recall"].value <= 1.0
+    assert "data:image/png;base64," in ev["plots"].value and "fraud rate" in ev["calibration"].value
     reports = get_settings().reports_dir / "training" / DAY
     for name in ("roc.png", "pr.png", "card_precision_daily.png", "calibration.png", "metrics.json"):
         assert (reports / name).stat().st_size > 0
     gate = result.asset_materializations_for_node("champion_gate")[0].metadata
     decision = registry.last_decisions(1)[-1]
-    assert decision["challenger_tag"] == gate["challenger"].value
-    assert decision["promoted"] == gate["promoted"].value
-    assert registry.champion() is not None
+    assert decision["challenger_tag"] == gate["challenger"].value == trained["tag"].value
+    # The stand-in was scored on the same window and lost: the trained model is the champion now.
+    assert gate["previous_champion"].value == standin and decision["champion_tag"] == standin
+    ap = "average_precision"
+    assert decision["champion_metrics"][ap] < decision["challenger_metrics"][ap]
+    assert gate["promoted"].value is True and decision["promoted"] is True
+    assert registry.champion().info.metadata["source_tag"] == trained["tag"].value
+    assert "PROMOTED" in gate["comparison"].value
     recorded = json.loads((reports / "metrics.json").read_text())
     assert recorded["model_tag"] == gate["challenger"].value
+
+    # Re-running the day's gate changes nothing: no second champion version of the same model.
+    n_versions = len(registry.champion_history())
+    again = run("champion_gate", partition_key=DAY)
+    assert again.success and len(registry.champion_history()) == n_versions
+    assert "already is the champion" in registry.last_decisions(1)[-1]["reason"]
