@@ -23,8 +23,19 @@ if _VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
 daily_partitions = dg.DailyPartitionsDefinition(start_date=SETTINGS.start_date, end_date=SETTINGS.end_date)
 
 DBT_PROJECT = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
-if not DBT_PROJECT.manifest_path.exists():
-    # `dagster dev` refreshes it on every load; other entry points (CLI, tests, demo) need it once.
+
+
+def _manifest_stale(project: DbtProject) -> bool:
+    """No manifest, or a model/YAML file changed since it was parsed (e.g. after `fraud features render`)."""
+    if not project.manifest_path.exists():
+        return True
+    parsed = project.manifest_path.stat().st_mtime
+    sources = [project.project_dir / "dbt_project.yml", *(project.project_dir / "models").rglob("*")]
+    return any(p.is_file() and p.stat().st_mtime > parsed for p in sources)
+
+
+if _manifest_stale(DBT_PROJECT):
+    # `dagster dev` refreshes it on every load; other entry points (CLI, tests, demo) when it is stale.
     DBT_PROJECT.preparer.prepare(DBT_PROJECT)
 DBT_PROJECT.prepare_if_dev()
 

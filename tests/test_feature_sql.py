@@ -39,7 +39,11 @@ def brute_force(raw: pd.DataFrame, tx: pd.Series) -> dict[str, float]:
             }[f.op]
         elif f.kind == "window":
             rows = seen[(seen[f.entity] == tx[f.entity]) & (seen.tx_datetime >= t - f.window)]
-            out[f.name] = float(len(rows)) if f.agg == "count" else float(rows.tx_amount.mean())
+            if f.agg == "max":  # the earlier transactions only
+                earlier = rows[rows.transaction_id != tx.transaction_id]
+                out[f.name] = float(earlier.tx_amount.max()) if len(earlier) else 0.0
+            else:
+                out[f.name] = float(len(rows)) if f.agg == "count" else float(rows.tx_amount.mean())
         elif f.kind == "delayed_window":
             lo, hi = t - f.delay - f.window, t - f.delay
             rows = seen[
@@ -170,3 +174,8 @@ def test_same_instant_transactions_see_only_earlier_ids(tmp_path: Path, window) 
     assert by_id.loc["c", "customer_nb_tx_1d"] == 3
     assert by_id.loc["c", "customer_avg_amount_1d"] == pytest.approx(20.0)
     assert by_id.loc["b", "customer_nb_tx_1h"] == 1
+    # The largest earlier amount: "b" sees only "a", "c" sees "b" (the larger), "a" has no history.
+    assert by_id.loc["a", "customer_max_amount_30d"] == 0.0
+    assert by_id.loc["b", "customer_max_amount_30d"] == 10.0
+    assert by_id.loc["c", "customer_max_amount_30d"] == 20.0
+    assert by_id.loc["c", "amount_to_customer_max_30d"] == pytest.approx(1.5)

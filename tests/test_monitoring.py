@@ -14,9 +14,10 @@ DAY = "2018-05-24"
 
 
 def _drifted(df: pd.DataFrame) -> pd.DataFrame:
-    """The injected drift's signature: genuine amounts x1.5, more night activity, card-testing bursts."""
+    """A drifted day: genuine amounts x1.5, more night activity, card-testing bursts, a fraud wave."""
     out = df.copy()
-    for c in ("tx_amount", "customer_avg_amount_1d", "customer_avg_amount_7d", "customer_avg_amount_30d"):
+    for c in ("tx_amount", "customer_avg_amount_1d", "customer_avg_amount_7d", "customer_avg_amount_30d",
+              "customer_max_amount_30d"):  # the ratios of amounts are unchanged by a uniform shift
         out[c] = out[c] * 1.5
     rng = np.random.default_rng(0)
     out.loc[rng.random(len(out)) < 0.2, "tx_during_night"] = 1.0
@@ -24,6 +25,10 @@ def _drifted(df: pd.DataFrame) -> pd.DataFrame:
     out.loc[burst, "customer_nb_tx_1h"] += rng.integers(3, 12, int(burst.sum()))
     out.loc[burst, "customer_nb_tx_1d"] += 8
     out.loc[burst, "terminal_nb_tx_1h"] += 5
+    # A fraud wave at compromised terminals: what the champion has learnt to score high, so scores move.
+    wave = rng.random(len(out)) < 0.1
+    for c in ("terminal_risk_1d", "terminal_risk_7d", "terminal_risk_30d"):
+        out.loc[wave, c] = np.maximum(out.loc[wave, c], 0.5)
     return out
 
 
@@ -36,7 +41,9 @@ def champ(warehouse: Path):
     from ml.training.training_set import WindowConfig, build
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        data = build(con, "2018-05-17", WindowConfig(train_days=14, valid_days=7))
+        # Reference = its training window, 2018-05-01..05-15: past the first 30 days of the simulation, whose
+        # 30-day windows are still filling (a real shift against any later day, not what is tested here).
+        data = build(con, "2018-05-22", WindowConfig(train_days=7, valid_days=7))
     # Fixed hyperparameters (not the daily defaults), so the score-drift figures below don't move with tuning.
     res = fit(data, XGBParams(n_rounds=40, early_stopping_rounds=10, max_depth=6, min_child_weight=1.0,
                               scale_pos_weight=None))

@@ -85,6 +85,10 @@ def test_edge_case_values(edge_warehouse: Path) -> None:
     assert c["customer_nb_tx_1d"] == 3.0 and d["customer_nb_tx_1d"] == 2.0
     assert _dbt_row(edge_warehouse, "10")["customer_nb_tx_1h"] == 1.0
     assert _dbt_row(edge_warehouse, "9")["customer_nb_tx_1h"] == 2.0
+    # Largest earlier amount: "9" sees "10" (smaller id at its instant), "10" sees nothing; "d" sees a, b, c.
+    assert _dbt_row(edge_warehouse, "9")["customer_max_amount_30d"] == 5.0
+    assert _dbt_row(edge_warehouse, "10")["customer_max_amount_30d"] == 0.0
+    assert (b["customer_max_amount_30d"], d["customer_max_amount_30d"]) == (10.0, 30.0)
     g, h = _dbt_row(edge_warehouse, "g"), _dbt_row(edge_warehouse, "h")
     assert (g["terminal_nb_tx_1d"], g["terminal_risk_1d"]) == (3.0, 1 / 3)  # a, 10, 9; a's label known at t
     assert h["terminal_risk_1d"] == 0.0 and h["terminal_nb_tx_1d"] == 3.0

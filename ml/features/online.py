@@ -115,6 +115,16 @@ class _Window:
             amounts += [self.amounts[i] for i in range(hi, hi_peer) if self.ids[i] < tx.transaction_id]
         return len(amounts) + 1, math.fsum(amounts) + tx.amount
 
+    def earlier_max(self, tx: TxEvent, window_us: int) -> float:
+        """Largest amount of the earlier transactions in [t - w, t] (this one excluded); 0 if none."""
+        t = tx.t_us
+        lo, hi = bisect_left(self.times, t - window_us), bisect_left(self.times, t)
+        best = max(self.amounts[lo:hi], default=0.0)
+        for i in range(hi, bisect_right(self.times, t, hi)):
+            if self.ids[i] < tx.transaction_id and self.amounts[i] > best:
+                best = self.amounts[i]
+        return float(best)
+
     def delayed(self, tx: TxEvent, window_us: int, delay_us: int) -> tuple[int, int]:
         """(transactions, known frauds) with time in [t - d - w, t - d]."""
         lo, hi = tx.t_us - delay_us - window_us, tx.t_us - delay_us
@@ -137,9 +147,9 @@ def _compile() -> tuple[tuple, ...]:
                 raise ValueError(f"unknown row op {f.op!r} for {f.name}")
             steps.append((_ROW, f.name, ROW_PY[f.op], None, 0, 0))
         elif f.kind == "window":
-            if f.agg not in ("count", "mean") or f.entity is None or f.window is None:
+            if f.agg not in ("count", "mean", "max") or f.entity is None or f.window is None:
                 raise ValueError(f"bad window feature {f.name} (agg {f.agg!r})")
-            steps.append((_WIN, f.name, f.agg == "mean", f.entity, to_us(f.window), 0))
+            steps.append((_WIN, f.name, f.agg, f.entity, to_us(f.window), 0))
         elif f.kind == "delayed_window":
             if f.agg not in ("count", "fraud_rate") or None in (f.entity, f.window, f.delay):
                 raise ValueError(f"bad delayed_window feature {f.name} (agg {f.agg!r})")
@@ -166,11 +176,14 @@ def compute_features(tx: TxEvent, states: Mapping[str, EntityState]) -> dict[str
         if kind == _ROW:
             out[name] = a(tx.amount, tx.tx_datetime)
         elif kind == _WIN:
+            if a == "max":
+                out[name] = windows[b].earlier_max(tx, w)
+                continue
             key = (b, w)
             r = shared.get(key)
             if r is None:
                 r = shared[key] = windows[b].trailing(tx, w)
-            out[name] = r[1] / r[0] if a else float(r[0])
+            out[name] = r[1] / r[0] if a == "mean" else float(r[0])
         elif kind == _DELAYED:
             key = (b, w, d)
             r = shared.get(key)

@@ -5,9 +5,10 @@ incrementally for serving and streaming. Nothing else defines a feature, so offl
 apart; ``SPEC_VERSION`` (a hash of this declaration) is recorded with every model.
 
 Time semantics, shared by both renderers (t = the transaction's ``tx_datetime``):
-- ``window``: the entity's transactions with time in [t - window, t], the current one included. Several
-  transactions of one entity at the same instant are ordered by ``transaction_id``; a transaction sees the
-  earlier ones only, as a stream would.
+- ``window``: the entity's transactions with time in [t - window, t], the current one included (``count``,
+  ``mean``) or excluded (``max``: the largest earlier amount, 0 if none). Several transactions of one
+  entity at the same instant are ordered by ``transaction_id``; a transaction sees the earlier ones only,
+  as a stream would.
 - ``delayed_window``: the entity's transactions with time in [t - delay - window, t - delay] (the book's
   label-delay shift); frauds among them count only if their label was known at t (``label_time`` <= t).
 - ``row``: a function of the transaction alone.  ``ratio``: numerator / denominator, 0 when the
@@ -36,7 +37,8 @@ class Feature:
     entity: str | None = None  # window kinds: "customer_id" | "terminal_id"
     window: timedelta | None = None
     delay: timedelta | None = None
-    agg: str | None = None  # window: "count" | "mean" (of tx_amount); delayed_window: "count" | "fraud_rate"
+    # window: "count" | "mean" | "max" (of tx_amount); delayed_window: "count" | "fraud_rate"
+    agg: str | None = None
     numerator: str | None = None  # ratio
     denominator: str | None = None
 
@@ -125,6 +127,45 @@ def _build() -> tuple[Feature, ...]:
             entity="terminal_id",
             window=timedelta(hours=1),
             agg="count",
+        ),
+        # A compromised card's multiplied amounts stand out against the largest genuine one it made before
+        # (the 30-day mean is itself inflated by the earlier frauds); the short-window ratios show a spend
+        # surge. Chosen on validation AP of the book's week (README, Training): 0.742 -> 0.751 at 56 days.
+        Feature(
+            "customer_max_amount_30d",
+            "window",
+            "Largest amount among the customer's earlier transactions in the last 30 days (0 if none).",
+            entity="customer_id",
+            window=_days(30),
+            agg="max",
+        ),
+        Feature(
+            "amount_to_customer_max_30d",
+            "ratio",
+            "Amount divided by the customer's largest earlier amount in 30 days.",
+            numerator="tx_amount",
+            denominator="customer_max_amount_30d",
+        ),
+        Feature(
+            "amount_to_customer_avg_1d",
+            "ratio",
+            "Amount divided by the customer's 1-day mean amount.",
+            numerator="tx_amount",
+            denominator="customer_avg_amount_1d",
+        ),
+        Feature(
+            "amount_to_customer_avg_7d",
+            "ratio",
+            "Amount divided by the customer's 7-day mean amount.",
+            numerator="tx_amount",
+            denominator="customer_avg_amount_7d",
+        ),
+        Feature(
+            "customer_avg_7d_to_30d",
+            "ratio",
+            "Customer's 7-day mean amount divided by their 30-day mean amount (recent spend surge).",
+            numerator="customer_avg_amount_7d",
+            denominator="customer_avg_amount_30d",
         ),
     ]
     return tuple(feats)

@@ -29,7 +29,23 @@ def _interval(td: timedelta) -> str:
 
 
 def _window_model(entity: str, feats: list[Feature]) -> str:
-    """Trailing windows [t - w, t]: RANGE frames include same-instant peers, so later peers are subtracted."""
+    """Trailing windows [t - w, t]: RANGE frames include same-instant peers, so later peers are subtracted.
+
+    ``max`` (this transaction excluded) is the larger of the max over strictly earlier instants and the max
+    over the same-instant peers that sort before it (a max cannot be subtracted from).
+    """
+    has_max = any(f.agg == "max" for f in feats)
+    peer_cols = [
+        "        coalesce(count(*) over same_instant, 0) as later_n",
+        "        coalesce(sum(tx_amount) over same_instant, 0) as later_amount",
+    ]
+    peers = f"partition by {entity}, tx_datetime order by transaction_id"
+    peer_windows = [f"    window same_instant as (\n        {peers}\n"
+                    "        rows between 1 following and unbounded following\n    )"]
+    if has_max:
+        peer_cols.append("        coalesce(max(tx_amount) over earlier_same_instant, 0) as earlier_peer_max")
+        peer_windows.append(f"    earlier_same_instant as (\n        {peers}\n"
+                            "        rows between unbounded preceding and 1 preceding\n    )")
     out = [
         HEADER.format(version=SPEC_VERSION),
         f"with transactions as (\n    select transaction_id, tx_datetime, {entity}, tx_amount\n"
@@ -37,11 +53,7 @@ def _window_model(entity: str, feats: list[Feature]) -> str:
         "\n-- Same-instant transactions of one entity are ordered by transaction_id: a transaction sees\n"
         "-- the earlier ones only, as a stream would.\n",
         "later_peers as (\n    select\n        *,\n",
-        f"        coalesce(count(*) over same_instant, 0) as later_n,\n"
-        f"        coalesce(sum(tx_amount) over same_instant, 0) as later_amount\n"
-        f"    from transactions\n"
-        f"    window same_instant as (\n        partition by {entity}, tx_datetime order by transaction_id\n"
-        f"        rows between 1 following and unbounded following\n    )\n)\n\n",
+        ",\n".join(peer_cols) + "\n    from transactions\n" + ",\n".join(peer_windows) + "\n)\n\n",
         "select\n    transaction_id",
     ]
     for f in feats:
@@ -55,6 +67,11 @@ def _window_model(entity: str, feats: list[Feature]) -> str:
             out.append(f",\n    {n} as {f.name}")
         elif f.agg == "mean":
             out.append(f",\n    (sum(tx_amount) over {frame} - later_amount) / {n} as {f.name}")
+        elif f.agg == "max":
+            before = (f"(partition by {entity} order by tx_datetime range between {_interval(f.window)} "
+                      "preceding and interval '1 microseconds' preceding)")
+            out.append(f",\n    greatest(coalesce(max(tx_amount) over {before}, 0), earlier_peer_max)"
+                       f" as {f.name}")
         else:
             raise ValueError(f"unknown window agg {f.agg!r} for {f.name}")
     out.append("\nfrom later_peers\n")

@@ -1,4 +1,4 @@
--- Generated from ml/features/spec.py (spec f12a6c9584af) by `fraud features render`. Do not edit.
+-- Generated from ml/features/spec.py (spec 24727b953fa9) by `fraud features render`. Do not edit.
 with transactions as (
     select transaction_id, tx_datetime, terminal_id, tx_amount
     from {{ ref('stg_transactions') }}
