@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
             sys.executable,
             "-m",
             "orchestration.drift_demo",
-            *(argv or sys.argv[1:]),
+            *(sys.argv[1:] if argv is None else argv),  # bench_drift passes [] (not its own argv)
             "--scenario",
             name,
             "--scenario-out",
