@@ -147,13 +147,21 @@ def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels, skip, 
     click.echo(f"published {n:,} events to {bootstrap} in {time.perf_counter() - t0:.1f}s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @click.command("broker")
 @click.option("--port", type=int, default=9092, show_default=True)
 def broker(port: int) -> None:
-    """Run a local Kafka-compatible broker (tansu, in-memory) until Ctrl-C."""
+    """Run a local Kafka-compatible broker (tansu, in-memory) until Ctrl-C or SIGTERM."""
+    import signal
+
     from streaming.broker import start_broker
 
     b = start_broker(port, quiet=False)
+    # `kill` (SIGTERM) as well as Ctrl-C stops the broker: without this, tansu outlives the command.
+    signal.signal(signal.SIGTERM, _interrupt)
     click.echo(f"tansu listening on {b.bootstrap} (export FRAUD_KAFKA_BOOTSTRAP={b.bootstrap})", err=True)
     try:
         b.process.wait()

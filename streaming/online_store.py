@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -187,6 +187,62 @@ end
 return out
 """
 
+# Many transactions in one call (the service's batches): each is recorded in order as by _APPLY_LUA, but
+# each entity's window is read once for the whole call, [earliest lower bound, latest time], and pruned
+# after the reads. For transactions in time order this is what _APPLY_LUA returns per transaction (the
+# client cuts each one's window out and drops peers recorded after it at the same instant); the entries,
+# the Redis work and the parsing are per entity instead of per transaction.
+# KEYS: tx keys (n), then per entity: history key, fraud key.  ARGV: ttl_s, n, number of entities m, write,
+# read, entities per tx; per entity: lower bound, upper bound, lookback, 1 if its fraud set is read; per tx:
+# t_us, fraud keys ("\n"-joined), then per entity of the tx: entity index (1-based), member.
+# Returns: the new-record flags ("0"/"1" per tx), then per entity: history window, fraud window.
+_APPLY_MANY_LUA = """
+local ttl, n, m, ne = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
+local base, stride = 6 + 4 * m, 2 + 2 * ne
+local flags, newest = {}, {}
+local function window(key, lo, hi)
+  return table.concat(redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES'), '\\31')
+end
+for i = 1, n do
+  local a = base + (i - 1) * stride
+  local t = ARGV[a + 1]
+  local isnew = 0
+  if ARGV[4] == '1' then
+    isnew = redis.call('HSETNX', KEYS[i], 't', t)
+    if isnew == 1 then
+      redis.call('HSET', KEYS[i], 'k', ARGV[a + 2])
+      if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+      local tn = tonumber(t)
+      for j = 1, ne do
+        local u = tonumber(ARGV[a + 1 + 2 * j])
+        redis.call('ZADD', KEYS[n + 2 * u - 1], t, ARGV[a + 2 + 2 * j])
+        if newest[u] == nil or tn > newest[u] then newest[u] = tn end
+      end
+    end
+  end
+  flags[i] = isnew
+end
+local out = {table.concat(flags)}
+for u = 1, m do
+  local e = 6 + 4 * (u - 1)
+  local hk, fk = KEYS[n + 2 * u - 1], KEYS[n + 2 * u]
+  if ARGV[5] == '1' then
+    out[#out + 1] = window(hk, ARGV[e + 1], ARGV[e + 2])
+    if ARGV[e + 4] == '1' then
+      out[#out + 1] = window(fk, ARGV[e + 1], ARGV[e + 2])
+    else
+      out[#out + 1] = ''
+    end
+  end
+  if newest[u] ~= nil then
+    local prune = '(' .. string.format('%d', newest[u] - tonumber(ARGV[e + 3]))
+    redis.call('ZREMRANGEBYSCORE', hk, '-inf', prune)
+    redis.call('ZREMRANGEBYSCORE', fk, '-inf', prune)
+  end
+end
+return out
+"""
+
 # KEYS: tx key.  ARGV: txid, tx_fraud, label_us.  Replaces any earlier label of the transaction.
 _LABEL_LUA = """
 local rec = redis.call('HMGET', KEYS[1], 't', 'k', 'l')
@@ -216,8 +272,12 @@ class RedisStore(OnlineStore):
                                            socket_connect_timeout=socket_timeout, decode_responses=True,
                                            health_check_interval=5, retry_on_timeout=False)
         self._apply = self.client.register_script(_APPLY_LUA)
+        self._apply_many = self.client.register_script(_APPLY_MANY_LUA)
         self._label = self.client.register_script(_LABEL_LUA)
         self._entity_order = sorted(self.lookback_us)
+        # Transactions per _APPLY_MANY_LUA call: a script blocks Redis (other replicas, the stream worker)
+        # while it runs and its reply must come within socket_timeout, so large batches go in several calls.
+        self.max_call_txs = 2500
 
     def _key(self, kind: str, entity: str, eid: str) -> str:
         return f"{self.prefix}{kind}:{entity}:{eid}"
@@ -255,10 +315,14 @@ class RedisStore(OnlineStore):
         return keys, argv
 
     def process(self, events, write=True, read=True):
+        if events and all(isinstance(ev, TxEvent) for ev in events) and (
+                not write or all(a.t_us <= b.t_us for a, b in zip(events, events[1:], strict=False))):
+            out: list = []
+            for chunk in _chunks(list(events), self.max_call_txs):
+                out += self._process_many(chunk, write, read)
+            return out
+
         def run():
-            if len(events) == 1 and isinstance(events[0], TxEvent):
-                keys, argv = self._args(events[0], write, read)
-                return [self._apply(keys=keys, args=argv)]
             pipe = self.client.pipeline(transaction=False)
             for ev in events:
                 if isinstance(ev, Label):
@@ -273,6 +337,71 @@ class RedisStore(OnlineStore):
         replies = self._call(run)
         return [bool(r) if isinstance(ev, Label) else (self._parse(r) if read else None)
                 for ev, r in zip(events, replies, strict=True)]
+
+    def _process_many(self, txs: list[TxEvent], write: bool, read: bool) -> list:
+        """Transactions in time order (or read-only) through one _APPLY_MANY_LUA call."""
+        order, lookback, fraud_entities = self._entity_order, self.lookback_us, self.fraud_entities
+        index: dict[tuple[str, str], int] = {}  # (entity, id) -> 0-based position in the call
+        bounds: list[list[int]] = []  # per entity: lower bound, upper bound
+        keys = [f"{self.prefix}tx:{tx.transaction_id}" for tx in txs]
+        ent_keys: list[str] = []
+        tx_args: list[str] = []
+        tx_ents: list[list[int]] = []
+        for tx in txs:
+            if SEP in tx.transaction_id:
+                raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
+            t = tx.t_us
+            fraud_keys, mine, member, ent_args = [], [], f"{tx.transaction_id}|{tx.amount!r}", []
+            for e in order:
+                eid = tx.entities[e]
+                u = index.get((e, eid))
+                if u is None:
+                    u = index[(e, eid)] = len(bounds)
+                    bounds.append([t - lookback[e], t])
+                    ent_keys += [self._key("h", e, eid), self._key("f", e, eid)]
+                else:
+                    b = bounds[u]
+                    b[0], b[1] = min(b[0], t - lookback[e]), max(b[1], t)
+                if e in fraud_entities:
+                    fraud_keys.append(self._key("f", e, eid))
+                mine.append(u)
+                ent_args += [str(u + 1), member]
+            tx_args += [str(t), "\n".join(fraud_keys), *ent_args]
+            tx_ents.append(mine)
+        ents = list(index)
+        argv = [str(self.tx_ttl_s), str(len(txs)), str(len(ents)), "1" if write else "0",
+                "1" if read else "0", str(len(order))]
+        for (e, _), (lo, hi) in zip(ents, bounds, strict=True):
+            argv += [str(lo), str(hi), str(lookback[e]), "1" if e in fraud_entities else "0"]
+        reply = self._call(lambda: self._apply_many(keys=keys + ent_keys, args=argv + tx_args))
+        if not read:
+            return [None] * len(txs)
+        flags = reply[0]
+        hist = [_columns(reply[1 + 2 * u]) for u in range(len(ents))]
+        frauds = [_frauds(reply[2 + 2 * u]) for u in range(len(ents))]
+        out = []
+        for k, tx in enumerate(txs):
+            t = tx.t_us
+            # Peers at the same instant recorded after this one by the call: not there yet for it.
+            later: set[str] = set()
+            nxt = k + 1
+            while write and nxt < len(txs) and txs[nxt].t_us == t:
+                if flags[nxt] == "1":
+                    later.add(txs[nxt].transaction_id)
+                nxt += 1
+            states = {}
+            for e, u in zip(order, tx_ents[k], strict=True):
+                times, ids, amounts = hist[u]
+                lo = t - lookback[e]
+                i, j = bisect_left(times, lo), bisect_right(times, t)
+                cols = (times[i:j], ids[i:j], amounts[i:j])
+                if later:
+                    keep = [n for n, tid in enumerate(cols[1]) if tid not in later]
+                    cols = tuple([c[n] for n in keep] for c in cols)
+                fr = frauds[u]
+                states[e] = EntityState(columns=cols, frauds=[f for f in fr if lo <= f[0] <= t] if fr else [])
+            out.append(states)
+        return out
 
     def _parse(self, reply: list) -> dict[str, EntityState]:
         states = {}
@@ -290,6 +419,25 @@ class RedisStore(OnlineStore):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _columns(window: str) -> tuple[list[int], list[str], list[float]]:
+    """History window reply ("member SEP score SEP ...", member "txid|amount") -> (times, ids, amounts), in
+    Redis' (time) order. Whole-list conversions (split, map) instead of a tuple per entry: this parse is most
+    of a batch's Python time."""
+    if not window:
+        return [], [], []
+    parts = window.split(SEP)
+    members = [m.rpartition("|") for m in parts[0::2]]  # the txid may hold '|', the amount not
+    return list(map(int, parts[1::2])), [m[0] for m in members], [float(m[2]) for m in members]
+
+
+def _frauds(window: str) -> list[tuple[int, int]]:
+    """Fraud window reply (member "txid|label_us", scored by tx time) -> [(tx time, label time)]."""
+    if not window:
+        return []
+    parts = window.split(SEP)
+    return list(zip(map(int, parts[1::2]), (int(m.rpartition("|")[2]) for m in parts[0::2]), strict=True))
 
 
 def _chunks(items: list, n: int):

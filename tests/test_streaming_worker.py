@@ -143,3 +143,34 @@ def test_adwin_drift_event_once_new_pattern_labels_arrive(tmp_path: Path) -> Non
     after = [e for e in events if pd.Timestamp(e["time"]) >= first_new_label]
     assert after and after[0]["stream"] == "river_error" and after[0]["detector"] == "ADWIN"
     assert pd.Timestamp(after[0]["time"]) - first_new_label < pd.Timedelta(days=2)
+
+
+def test_broker_command_stops_tansu_on_sigterm(tmp_path: Path) -> None:
+    """`fraud broker` then `kill`: the broker it started goes with it (no orphaned tansu on the port)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from streaming.broker import free_port, port_open
+
+    port = free_port()
+    # tansu logs to the inherited stderr: a file, not a pipe nobody drains.
+    with open(tmp_path / "broker.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "from ml.cli import main; main()", "broker", "--port",
+                                 str(port)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while "tansu listening" not in (tmp_path / "broker.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "broker.log").read_text()
+            time.sleep(0.2)
+        assert port_open("127.0.0.1", port, timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", port, timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"tansu still listens on {port} after its `fraud broker` was killed")
+            time.sleep(0.2)
+    finally:
+        proc.kill()

@@ -60,6 +60,9 @@ class EntityState:
 
     history: list[tuple[int, str, float]] = field(default_factory=list)  # (time_us, transaction_id, amount)
     frauds: list[tuple[int, int]] = field(default_factory=list)  # (tx time_us, label_time_us)
+    # The history as parallel lists (times, ids, amounts) instead of ``history``: a store that parses its
+    # replies into columns hands slices over, so no per-entry tuples are built and taken apart again.
+    columns: tuple[list[int], list[str], list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,13 @@ class _Window:
     __slots__ = ("times", "ids", "amounts", "fraud_times")
 
     def __init__(self, state: EntityState, tx: TxEvent):
-        hist = state.history
-        self.times = [h[0] for h in hist]
-        self.ids = [h[1] for h in hist]
-        self.amounts = [h[2] for h in hist]
+        if state.columns is not None:
+            self.times, self.ids, self.amounts = (list(c) for c in state.columns)
+        else:
+            hist = state.history
+            self.times = [h[0] for h in hist]
+            self.ids = [h[1] for h in hist]
+            self.amounts = [h[2] for h in hist]
         tid = tx.transaction_id
         while tid in self.ids:  # the transaction itself (already recorded) is not its own history
             i = self.ids.index(tid)
