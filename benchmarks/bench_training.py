@@ -2,8 +2,9 @@
 
 Training day D = 2018-08-08: rows up to 2018-07-31 (labels known at D with the 7-day delay), test
 2018-08-08..14, cards known compromised removed (ml.evaluation). Target: beat the book's best XGBoost,
-AUC ROC 0.869, AP 0.687, CP@100 0.303, with a 28-day window (21 train + 7 validation, refit on both) fitted
-in <= 15 s. Writes benchmarks/results/training.json.
+AUC ROC 0.869, AP 0.687, CP@100 0.303; a 28-day window (21 train + 7 validation, refit on both) fitted in
+<= 15 s. The headline figures are those of the window (28 or 56 days) with the higher validation AP, with a
+5-seed spread. Writes benchmarks/results/training.json.
 
 Uses the configured data directory (FRAUD_DATA_DIR, default ./data); builds the full-size warehouse through
 Dagster (ingest + dbt) if it does not reach the test window yet.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 BOOK = {"auc_roc": 0.869, "average_precision": 0.687, "card_precision_at_100": 0.303}
 DAY = "2018-08-08"
+SEEDS = 5
 RESULTS = Path(__file__).parent / "results" / "training.json"
 
 
@@ -75,22 +77,41 @@ def main() -> None:
                           "daily_card_precision": metrics.daily.precision}
             print(name, {k: runs[name][k] for k in ("auc_roc", "average_precision", "card_precision_at_100",
                                                      "fit_s")}, flush=True)
-    best = runs["28d"]
+    # The headline is the window that validation AP picks (never the test week), and a single seed is not
+    # evidence at this margin: that window is refitted with 5 seeds and the spread is reported too.
+    chosen = max(("28d", "56d"), key=lambda k: runs[k]["valid_average_precision"])
+    with duckdb.connect(str(wh), read_only=True) as con:
+        cfg = {"28d": WindowConfig(train_days=21, valid_days=7, test_days=7, delay_days=7),
+               "56d": WindowConfig(train_days=49, valid_days=7, test_days=7, delay_days=7)}[chosen]
+        data = build(con, DAY, cfg)
+        window = load_test_window(con, *data.windows.test, data.train.feature_names)
+        seeds = []
+        for seed in range(SEEDS):
+            res = fit(data, XGBParams(seed=seed))
+            metrics, _ = evaluate_booster(res.booster, window, data.train.feature_names, res.threshold)
+            seeds.append({k: metrics.summary()[k] for k in BOOK})
+    spread = {k: {"mean": round(sum(s[k] for s in seeds) / SEEDS, 6), "min": min(s[k] for s in seeds),
+                  "max": max(s[k] for s in seeds)} for k in BOOK}
+    best = runs[chosen]
     out = {
         "auc_roc": best["auc_roc"], "average_precision": best["average_precision"],
-        "card_precision_at_100": best["card_precision_at_100"], "fit_s_28d": best["fit_s"],
+        "card_precision_at_100": best["card_precision_at_100"], "fit_s_28d": runs["28d"]["fit_s"],
+        "window": chosen,
+        "window_choice": "the longer of 28d/56d only if its validation AP is higher (test week not used)",
         "book_best_xgboost": BOOK,
         "beats_book": {k: best[k] > v for k, v in BOOK.items()},
-        "beats_book_56d": {k: runs["56d"][k] > v for k, v in BOOK.items()},
+        "seeds": {"n": SEEDS, **spread,
+                  "mean_beats_book": {k: spread[k]["mean"] > v for k, v in BOOK.items()}},
+        "beats_book_28d": {k: runs["28d"][k] > v for k, v in BOOK.items()},
         "protocol": "D=2018-08-08: train/valid rows up to 2018-07-31 (labels known at D), "
-                    "test 2018-08-08..14, "
-                    "known-compromised cards removed; 28d = 21 train + 7 validation days, refit on both",
+                    "test 2018-08-08..14, known-compromised cards removed; 28d = 21 train + 7 validation "
+                    "days, 56d = 49 + 7, refit on train + validation",
         "runs": runs,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: out[k] for k in ("auc_roc", "average_precision", "card_precision_at_100",
-                                          "fit_s_28d", "beats_book")}, indent=2))
+                                          "fit_s_28d", "window", "beats_book", "seeds")}, indent=2))
 
 
 if __name__ == "__main__":
