@@ -4,7 +4,8 @@ Load generator: `wrk` (Debian package; the benchmark installs it with apt-get if
 new transaction (new id, time one second later than the previous one, random customer and terminal, from a
 Lua script), so each one writes to and reads from the online store as production traffic would.
 - Fixed rate: 10 connections paced by wrk's ``delay()`` hook to 300 requests/s in total; p50/p99 are wrk's
-  latency percentiles (HdrHistogram, microsecond resolution).
+  latency percentiles (HdrHistogram, microsecond resolution). The same paced load then goes to the bare
+  endpoint (bare_p50_ms_at_rate, bare_p99_ms_at_rate): the floor that HTTP and process wake-ups set here.
 - Maximum throughput: wrk unpaced with 16 connections, same script, against the service and then against the
   bare endpoint (benchmarks/bare_endpoint.py: XGBoost ``inplace_predict`` on a fixed vector, no framework).
 - Batch throughput: a Python client posting ``/score_batch`` requests of BATCH_SIZE transactions.
@@ -181,6 +182,9 @@ def main() -> None:
         print(f"[bench] {RATE} req/s for {RATE_SECONDS}s", flush=True)
         rate = _wrk(url, tmp, t_rate + 40_000, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
         print(f"[bench] {rate}", flush=True)
+        # The same paced load on the bare endpoint: the latency floor of this machine's HTTP + wake-ups.
+        bare_rate = _wrk(bare_url, tmp, t_rate + 40_000, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
+        print(f"[bench] bare {bare_rate}", flush=True)
         print("[bench] max throughput", flush=True)
         svc_max = _wrk(url, tmp, t_rate + 86_400, MAX_SECONDS, MAX_CONNECTIONS)
         bare_max = _wrk(bare_url, tmp, t_rate + 86_400, MAX_SECONDS, MAX_CONNECTIONS)
@@ -213,6 +217,8 @@ def main() -> None:
     result = {
         "p50_ms": round(rate["p50_ms"], 3), "p99_ms": round(rate["p99_ms"], 3),
         "rate_rps": round(rate["rps"], 1), "rate_errors": rate["errors"],
+        "bare_p50_ms_at_rate": round(bare_rate["p50_ms"], 3),
+        "bare_p99_ms_at_rate": round(bare_rate["p99_ms"], 3),
         "max_rps": round(svc_max["rps"], 1), "bare_max_rps": round(bare_max["rps"], 1),
         "ratio_to_bare": round(svc_max["rps"] / bare_max["rps"], 3), "max_errors": svc_max["errors"],
         "max_p99_ms": round(svc_max["p99_ms"], 3), "batch_tx_per_s": round(batch_tx_per_s, 1),
