@@ -20,8 +20,8 @@ from ml.training.training_set import Frame, TrainingData
 
 @dataclass(frozen=True)
 class XGBParams:
-    # The best validation AP on the book's week (D = 2018-08-08, 26 features) of the grid tried: depth 4-6,
-    # min_child_weight 1-5, eta 0.05-0.1 (28d: 0.7497 vs 0.7421 for depth 4 / mcw 5 / eta 0.1, the 21-feature
+    # The best validation AP on the book's week (D = 2018-08-08, 23 features) of the grid tried: depth 4-6,
+    # min_child_weight 1-5, eta 0.05-0.1 (28d: 0.7497 vs 0.7421 for depth 4 / mcw 5 / eta 0.1, the 18-feature
     # pick; README.md (Training)). A lower eta needs more rounds; early stopping picks how many.
     max_depth: int = 6
     learning_rate: float = 0.05
