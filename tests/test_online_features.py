@@ -138,3 +138,42 @@ def test_labels(online: OnlineFeatures) -> None:
     assert online.features_at(_tx("x", T0 + 7 * D - US))["terminal_risk_1d"] == 0.0
     assert online.apply_label("f", 0, T0 + 7 * D)  # a corrected label replaces the earlier one
     assert online.features_at(_tx("x", T0 + 7 * D))["terminal_risk_1d"] == 0.0
+
+
+def test_redis_batches_equal_one_by_one() -> None:
+    """The batched Redis call (each entity's window read once per call, calls of max_call_txs) gives every
+    transaction the features the in-process store gives it one at a time: same-instant peers, a re-delivered
+    transaction inside a call, a label between batches, calls cut mid-instant."""
+    store = RedisStore(prefix=f"test-batch:{uuid.uuid4().hex}:")
+    try:
+        store.ping()
+        ok = True
+    except StoreUnavailable:
+        ok = False
+    require_service(ok, "Redis at 127.0.0.1:6379")
+    store.max_call_txs = 7  # several calls per batch, one boundary inside a same-instant run
+    txs = []
+    for k in range(40):
+        t = T0 + (k // 3) * 5 * H  # runs of 3 transactions at one instant
+        txs.append(_tx(f"t{k:02d}", t, cust=f"C{k % 3}", term=f"T{k % 2}", amount=5.0 + 7 * (k % 5)))
+    txs.insert(15, dict(txs[13]))  # re-delivered at its own instant (time order kept: the batched path)
+    first, second = txs[:25], txs[25:]
+    label = ("t05", 1, T0 + 2 * D)
+    calls = []
+    many = store._process_many
+    store._process_many = lambda chunk, write, read: calls.append(len(chunk)) or many(chunk, write, read)
+    try:
+        batched = OnlineFeatures(store).score_many(first)
+        OnlineFeatures(store).apply_labels([label])
+        batched += OnlineFeatures(store).score_many(second)
+    finally:
+        store.clear()
+    single = OnlineFeatures(MemoryStore())
+    expected = [single.score_features(tx) for tx in first]
+    single.apply_labels([label])
+    expected += [single.score_features(tx) for tx in second]
+    assert len(batched) == len(expected) == len(txs)
+    for tx, got, want in zip(txs, batched, expected, strict=True):
+        assert got == pytest.approx(want, rel=0, abs=1e-9), tx["transaction_id"]
+    assert calls == [7, 7, 7, 4, 7, 7, 2]  # every transaction went through the batched call
+    assert batched[15] == pytest.approx(batched[13], abs=1e-9)  # idempotent re-delivery
