@@ -42,6 +42,22 @@ def require_service(available: bool, what: str) -> None:
     pytest.skip(f"{what} not reachable")
 
 
+def private_redis_store(name: str):
+    """A RedisStore under a fresh key prefix (the caller clears it); Redis missing -> require_service."""
+    import uuid
+
+    from streaming.online_store import RedisStore, StoreUnavailable
+
+    store = RedisStore(prefix=f"test-{name}:{uuid.uuid4().hex}:")
+    try:
+        store.ping()
+        ok = True
+    except StoreUnavailable:
+        ok = False
+    require_service(ok, "Redis at 127.0.0.1:6379")
+    return store
+
+
 @pytest.fixture(scope="session")
 def warehouse() -> Path:
     """Materialize raw_transactions (all days) and the dbt feature models once; return the DuckDB path."""

@@ -9,18 +9,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import require_service  # pytest imports tests/conftest.py as `conftest`
+from conftest import private_redis_store  # pytest imports tests/conftest.py as `conftest`
 
 from ml.features.spec import FEATURE_NAMES
 from ml.settings import PROJECT_ROOT
 from streaming.online_features import OnlineFeatures
-from streaming.online_store import MemoryStore, RedisStore, StoreUnavailable
+from streaming.online_store import MemoryStore
 from streaming.parity import replay_parity
 
 T0 = datetime(2018, 4, 2, 10, 0, 0)
@@ -106,13 +105,7 @@ def online(request):
     if request.param == "memory":
         yield OnlineFeatures(MemoryStore())
         return
-    store = RedisStore(prefix=f"test-online:{uuid.uuid4().hex}:")
-    try:
-        store.ping()
-        ok = True
-    except StoreUnavailable:
-        ok = False
-    require_service(ok, "Redis at 127.0.0.1:6379")
+    store = private_redis_store("online")
     yield OnlineFeatures(store)
     store.clear()
 
@@ -144,13 +137,7 @@ def test_redis_batches_equal_one_by_one() -> None:
     """The batched Redis call (each entity's window read once per call, calls of max_call_txs) gives every
     transaction the features the in-process store gives it one at a time: same-instant peers, a re-delivered
     transaction inside a call, a label between batches, calls cut mid-instant."""
-    store = RedisStore(prefix=f"test-batch:{uuid.uuid4().hex}:")
-    try:
-        store.ping()
-        ok = True
-    except StoreUnavailable:
-        ok = False
-    require_service(ok, "Redis at 127.0.0.1:6379")
+    store = private_redis_store("batch")
     store.max_call_txs = 7  # several calls per batch, one boundary inside a same-instant run
     txs = []
     for k in range(40):

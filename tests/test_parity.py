@@ -3,11 +3,9 @@ transaction, with the in-process store and with Redis (no training/serving skew)
 
 from __future__ import annotations
 
-import uuid
+from conftest import private_redis_store  # pytest imports tests/conftest.py as `conftest`
 
-from conftest import require_service  # pytest imports tests/conftest.py as `conftest`
-
-from streaming.online_store import MemoryStore, RedisStore, StoreUnavailable
+from streaming.online_store import MemoryStore
 from streaming.parity import replay_parity
 
 DAYS = 3  # compared days (after a warm-up of the longest lookback), enough to cover every window
@@ -20,13 +18,7 @@ def test_parity_memory(warehouse) -> None:
 
 
 def test_parity_redis(warehouse) -> None:
-    store = RedisStore(prefix=f"test-parity:{uuid.uuid4().hex}:")
-    try:
-        store.ping()
-        ok = True
-    except StoreUnavailable:
-        ok = False
-    require_service(ok, "Redis at 127.0.0.1:6379")
+    store = private_redis_store("parity")
     try:
         report = replay_parity(warehouse, store, days=DAYS)
     finally:
