@@ -33,6 +33,13 @@ class Champion:
     source_tag: str
     exact_reasons: bool = False
 
+    @property
+    def columns(self) -> list[int] | None:
+        """Where the model's columns sit in a spec-ordered feature matrix (None: the same order)."""
+        if self.feature_names == FEATURE_NAMES:
+            return None
+        return [FEATURE_NAMES.index(n) for n in self.feature_names]
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Fraud probabilities for rows of ``x`` (columns in ``feature_names`` order)."""
         return np.asarray(self.booster.inplace_predict(x), dtype=np.float64).reshape(-1)

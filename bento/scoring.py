@@ -25,6 +25,7 @@ from bento.champion import Champion, latest_tag, load_champion
 from bento.online_model import RiverWatcher, river_opinion
 from bento.schemas import Reason, ScoreResult
 from ml.features.online import compute_features, tx_event
+from ml.features.spec import FEATURE_NAMES
 from ml.settings import Settings, get_settings
 from streaming.online_features import OnlineFeatures
 from streaming.online_store import OnlineStore, StoreUnavailable, make_store
@@ -94,25 +95,27 @@ class Scorer:
             raise ModelNotLoaded(f"no champion loaded: {self.load_error}")
         degraded = False
         try:
-            feats = self.features.score_many(txs)
+            spec_x = self.features.score_matrix(txs)
         except StoreUnavailable:
             if self.policy == "closed":
                 raise
             degraded = True  # fail-open: the transaction alone, as for a customer/terminal never seen
-            feats = [compute_features(tx_event(tx), {}) for tx in txs]
-        names = champ.feature_names
-        x = np.array([[f[n] for n in names] for f in feats], dtype=np.float64)
+            spec_x = np.array([[f[n] for n in FEATURE_NAMES] for f in
+                               (compute_features(tx_event(tx), {}) for tx in txs)]).reshape(len(txs), -1)
+        x = spec_x if champ.columns is None else spec_x[:, champ.columns]
         proba, contribs = champ.predict_explain(x) if reasons else (champ.predict(x), None)
         river = self.river.model
         out = []
-        for i, (tx, f) in enumerate(zip(txs, feats, strict=True)):
+        for i, tx in enumerate(txs):
             p = float(proba[i])
+            opinion = river_opinion(river, dict(zip(FEATURE_NAMES, spec_x[i].tolist(), strict=True))) \
+                if river is not None else None
             out.append(ScoreResult(
                 transaction_id=str(tx["transaction_id"]), fraud_probability=p,
                 decision="decline" if p >= champ.threshold else "approve", threshold=champ.threshold,
                 model_tag=champ.tag,
                 reasons=self._reasons(champ, x[i], contribs[i]) if contribs is not None else [],
-                online_model_probability=river_opinion(river, f), degraded=degraded))
+                online_model_probability=opinion, degraded=degraded))
         return out
 
     def _reasons(self, champ: Champion, row: np.ndarray, contrib: np.ndarray) -> list[Reason]:

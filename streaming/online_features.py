@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
+from ml.features.batch import compute_batch
 from ml.features.online import compute_features, to_us, tx_event
 from ml.features.spec import FEATURE_NAMES
 from streaming.online_store import Label, MemoryStore, OnlineStore, StoreUnavailable, make_store
@@ -36,6 +39,17 @@ class OnlineFeatures:
         events = [tx_event(tx) for tx in txs]
         states = self.store.apply(events, write=True, read=True)
         return [compute_features(ev, st or {}) for ev, st in zip(events, states, strict=True)]
+
+    def score_matrix(self, txs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``score_many`` as an (n, features) array in spec order, computed for the whole batch at once
+        (``ml.features.batch``). Transactions out of time order are applied one by one instead."""
+        events = [tx_event(tx) for tx in txs]
+        if any(a.t_us > b.t_us for a, b in zip(events, events[1:], strict=False)):
+            return np.array([self.vector(f) for f in self.score_many(txs)]).reshape(len(txs), -1)
+        step = getattr(self.store, "max_call_txs", None) or max(len(events), 1)
+        parts = [compute_batch(chunk, self.store.apply_columns(chunk))
+                 for chunk in (events[i:i + step] for i in range(0, len(events), step))]
+        return np.vstack(parts) if parts else np.empty((0, len(FEATURE_NAMES)))
 
     def features_at(self, tx: Mapping[str, Any]) -> dict[str, float]:
         """The transaction's features as of its time, without recording it."""

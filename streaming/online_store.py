@@ -5,22 +5,30 @@ amount) and, for entities with a fraud-rate feature, its known frauds (tx time, 
 transaction id: its time and entities, so that a later label can find them. Writes are idempotent by
 transaction id, so a retried event does not double count.
 
-Redis layout (prefix ``fraud:`` by default): ``{p}h:{entity}:{id}`` sorted set of ``txid|amount`` scored by
-time (µs), ``{p}f:{entity}:{id}`` sorted set of ``txid|label_time_us`` scored by tx time, ``{p}tx:{txid}``
-hash (time, fraud keys, label time) that expires after ``tx_ttl_s``. Each transaction is one Lua call
-(atomic: several service replicas can share one Redis), so scoring costs one round trip.
+Redis layout (prefix ``fraud:`` by default): ``{p}h:{entity}:{id}`` sorted set of ``txid|amount`` scored
+by time (µs), ``{p}f:{entity}:{id}`` sorted set of ``txid|label_time_us`` scored by tx time,
+``{p}v:{entity}:{id}`` the version token of those two sets, ``{p}t:{txid}`` string "time, label time, fraud
+keys" that expires after ``tx_ttl_s``. Scoring is one Lua call per batch (atomic: several service
+replicas can share one Redis).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
+import uuid
 from abc import ABC, abstractmethod
-from bisect import bisect_left, bisect_right, insort
-from collections import deque
+from bisect import bisect_left, insort
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import numpy as np
+
+from ml.features.batch import EMPTY as EMPTY_COLUMNS
+from ml.features.batch import BatchColumns, EntityColumns, states_of
 from ml.features.online import FRAUD_ENTITIES, WINDOW_ENTITIES, EntityState, TxEvent, to_us
 
 
@@ -57,6 +65,11 @@ class OnlineStore(ABC):
 
     def put_labels(self, labels: Sequence[Label]) -> list[bool]:
         return self.process(labels)
+
+    @abstractmethod
+    def apply_columns(self, txs: Sequence[TxEvent]) -> BatchColumns:
+        """Record transactions given in time order (idempotent by id) and return, per entity they touch,
+        its transactions and known frauds as columns after the recording (``ml.features.batch``)."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -105,17 +118,53 @@ class MemoryStore(OnlineStore):
                 out.append(self._read(ev) if read else None)
         return out
 
-    def _insert(self, tx: TxEvent) -> None:
+    def apply_columns(self, txs: Sequence[TxEvent]) -> BatchColumns:
+        with self._lock:
+            new = np.zeros(len(txs), bool)
+            for k, tx in enumerate(txs):
+                if tx.transaction_id not in self._txs:
+                    self._insert(tx, prune=False)  # pruned after the reads: earlier ones still need it
+                    new[k] = True
+            index: dict[tuple[str, str], int] = {}
+            slots = {e: np.empty(len(txs), np.int64) for e in self.lookback_us}
+            for k, tx in enumerate(txs):
+                for e in self.lookback_us:
+                    slots[e][k] = index.setdefault((e, tx.entities[e]), len(index))
+            entities = []
+            for key in index:
+                ent = self._entities.get(key)
+                if ent is None:
+                    entities.append(EMPTY_COLUMNS)
+                    continue
+                hist, frauds = ent.history, list(ent.frauds.values())
+                entities.append(EntityColumns(
+                    np.fromiter((h[0] for h in hist), np.int64, len(hist)),
+                    np.fromiter((h[2] for h in hist), np.float64, len(hist)), [h[1] for h in hist],
+                    np.fromiter((f[0] for f in frauds), np.int64, len(frauds)),
+                    np.fromiter((f[1] for f in frauds), np.int64, len(frauds))))
+            for tx in (tx for k, tx in enumerate(txs) if new[k]):
+                self._prune(tx)
+        return BatchColumns(new=new, slots=slots, entities=entities)
+
+    def _insert(self, tx: TxEvent, prune: bool = True) -> None:
         self._txs[tx.transaction_id] = (tx.t_us, dict(tx.entities))
         self._tx_order.append((tx.t_us, tx.transaction_id))
         self._latest_us = max(self._latest_us, tx.t_us)
         for e, eid in tx.entities.items():
-            if e not in self.lookback_us:
+            if e in self.lookback_us:
+                insort(self._entities.setdefault((e, eid), _Entity()).history,
+                       (tx.t_us, tx.transaction_id, tx.amount))
+        if prune:
+            self._prune(tx)
+
+    def _prune(self, tx: TxEvent) -> None:
+        """Forget what no feature can reach any more once ``tx`` is recorded."""
+        for e, eid in tx.entities.items():
+            ent = self._entities.get((e, eid))
+            if ent is None or e not in self.lookback_us:
                 continue
-            ent = self._entities.setdefault((e, eid), _Entity())
-            insort(ent.history, (tx.t_us, tx.transaction_id, tx.amount))
             lo = tx.t_us - self.lookback_us[e]
-            if ent.history[0][0] < lo:  # prune what no feature can reach any more
+            if ent.history[0][0] < lo:
                 del ent.history[:bisect_left(ent.history, (lo,))]
                 for k in [k for k, (ft, _) in ent.frauds.items() if ft < lo]:
                     del ent.frauds[k]
@@ -154,30 +203,36 @@ class MemoryStore(OnlineStore):
         return True
 
 
-# One call per transaction: record it once (idempotent by id), prune by event time, read the windows.
-# Each window comes back as one string (members and scores joined by SEP): a client parses one string
-# instead of hundreds of protocol elements, which was most of the cost of a scoring request.
-# KEYS: tx key, then per entity: history key, fraud key.  ARGV: txid, t_us, ttl_s, write, read,
+# Transaction records: ``{p}t:{txid}`` string "time\nlabel time\nfraud key\n..." (label time '' until a
+# label), set once (SET NX: idempotent by id) with a TTL. Version keys: ``{p}v:{entity}:{id}`` names the
+# entity's state (history and fraud sets); every script that changes them sets a new token or deletes the
+# key, so a client holding a copy tagged with the token it read knows whether the copy is still exact.
+_RECORD = """
+local function record(key, t, fraud_keys, ttl)
+  local value = t .. '\\n\\n' .. fraud_keys
+  if ttl > 0 then return redis.call('SET', key, value, 'NX', 'EX', ttl) and 1 or 0 end
+  return redis.call('SET', key, value, 'NX') and 1 or 0
+end
+"""
+
+# One call per transaction: record it once, prune by event time, read the windows. Each window comes back
+# as one string (members and scores joined by SEP): a client parses one string, not hundreds of elements.
+# KEYS: tx key, then per entity: history key, fraud key, version key.  ARGV: txid, t_us, ttl_s, write, read,
 # fraud keys ("\n"-joined), then per entity: member, lower bound, prune bound ("(lo").
-_APPLY_LUA = """
+_APPLY_LUA = _RECORD + """
 local t = ARGV[2]
 local isnew = 0
-if ARGV[4] == '1' then
-  isnew = redis.call('HSETNX', KEYS[1], 't', t)
-  if isnew == 1 then
-    redis.call('HSET', KEYS[1], 'k', ARGV[6])
-    if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-  end
-end
+if ARGV[4] == '1' then isnew = record(KEYS[1], t, ARGV[6], tonumber(ARGV[3])) end
 local out = {isnew}
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 1) / 3
 for i = 1, n do
-  local hk, fk = KEYS[2 * i], KEYS[2 * i + 1]
+  local hk, fk = KEYS[3 * i - 1], KEYS[3 * i]
   local member, lo, prune = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
   if isnew == 1 then
     redis.call('ZADD', hk, t, member)
     redis.call('ZREMRANGEBYSCORE', hk, '-inf', prune)
     redis.call('ZREMRANGEBYSCORE', fk, '-inf', prune)
+    redis.call('DEL', KEYS[3 * i + 1])
   end
   if ARGV[5] == '1' then
     out[#out + 1] = table.concat(redis.call('ZRANGEBYSCORE', hk, lo, t, 'WITHSCORES'), '\\31')
@@ -187,80 +242,106 @@ end
 return out
 """
 
-# Many transactions in one call (the service's batches): each is recorded in order as by _APPLY_LUA, but
-# each entity's window is read once for the whole call, [earliest lower bound, latest time], and pruned
-# after the reads. For transactions in time order this is what _APPLY_LUA returns per transaction (the
-# client cuts each one's window out and drops peers recorded after it at the same instant); the entries,
-# the Redis work and the parsing are per entity instead of per transaction.
-# KEYS: tx keys (n), then per entity: history key, fraud key.  ARGV: ttl_s, n, number of entities m, write,
-# read, entities per tx; per entity: lower bound, upper bound, lookback, 1 if its fraud set is read; per tx:
-# t_us, fraud keys ("\n"-joined), then per entity of the tx: entity index (1-based), member.
-# Returns: the new-record flags ("0"/"1" per tx), then per entity: history window, fraud window.
-_APPLY_MANY_LUA = """
-local ttl, n, m, ne = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
-local base, stride = 6 + 4 * m, 2 + 2 * ne
-local flags, newest = {}, {}
-local function window(key, lo, hi)
-  return table.concat(redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES'), '\\31')
+# A batch in one call (transactions in time order): each new one is recorded as by _APPLY_LUA, then per
+# entity the batch touches: its new version token and its whole history and fraud sets, unless the caller's
+# copy was current ("=": the caller adds the call's own records to it), then the pruning the caller asks for
+# (it knows from its copy whether anything is old enough; without a current copy it always asks).
+# KEYS: tx keys (n), then per entity: history key, fraud key, version key.
+# ARGV: ttl_s, n, number of entities m, entities per tx, new token, write; per entity: the caller's token
+# ('' if none), prune bound ('' for none: entries and frauds with time < bound go), 1 if its fraud set is
+# read; per tx: t_us, fraud keys ("\n"-joined), member, then per entity of the tx: entity index (1-based).
+# Returns: the new-record flags ("0"/"1" per tx), then per entity: token, history or "=", frauds.
+_COLUMNS_LUA = _RECORD + """
+local ttl, n, m, ne = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local token, write = ARGV[5], ARGV[6] == '1'
+local base, stride = 6 + 3 * m, 3 + ne
+local function whole(key)
+  return table.concat(redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), '\\31')
 end
+local flags, adds = {}, {}
 for i = 1, n do
   local a = base + (i - 1) * stride
   local t = ARGV[a + 1]
   local isnew = 0
-  if ARGV[4] == '1' then
-    isnew = redis.call('HSETNX', KEYS[i], 't', t)
-    if isnew == 1 then
-      redis.call('HSET', KEYS[i], 'k', ARGV[a + 2])
-      if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
-      local tn = tonumber(t)
-      for j = 1, ne do
-        local u = tonumber(ARGV[a + 1 + 2 * j])
-        redis.call('ZADD', KEYS[n + 2 * u - 1], t, ARGV[a + 2 + 2 * j])
-        if newest[u] == nil or tn > newest[u] then newest[u] = tn end
-      end
+  if write then isnew = record(KEYS[i], t, ARGV[a + 2], ttl) end
+  if isnew == 1 then
+    local member = ARGV[a + 3]
+    for j = 1, ne do
+      local u = tonumber(ARGV[a + 3 + j])
+      local list = adds[u]
+      if not list then list = {}; adds[u] = list end
+      list[#list + 1] = t
+      list[#list + 1] = member
     end
   end
   flags[i] = isnew
 end
 local out = {table.concat(flags)}
 for u = 1, m do
-  local e = 6 + 4 * (u - 1)
-  local hk, fk = KEYS[n + 2 * u - 1], KEYS[n + 2 * u]
-  if ARGV[5] == '1' then
-    out[#out + 1] = window(hk, ARGV[e + 1], ARGV[e + 2])
-    if ARGV[e + 4] == '1' then
-      out[#out + 1] = window(fk, ARGV[e + 1], ARGV[e + 2])
-    else
-      out[#out + 1] = ''
-    end
+  local hk, fk, vk = KEYS[n + 3 * u - 2], KEYS[n + 3 * u - 1], KEYS[n + 3 * u]
+  local cached, prune = ARGV[4 + 3 * u], ARGV[5 + 3 * u]
+  local list, version, before = adds[u], nil, nil
+  if write then  -- a new token for every entity of the batch: one call gives the old one too
+    before = redis.call('SET', vk, token, 'GET')
+    version = token
+  else
+    before = redis.call('GET', vk)
+    version = before or ''
   end
-  if newest[u] ~= nil then
-    local prune = '(' .. string.format('%d', newest[u] - tonumber(ARGV[e + 3]))
-    redis.call('ZREMRANGEBYSCORE', hk, '-inf', prune)
-    redis.call('ZREMRANGEBYSCORE', fk, '-inf', prune)
+  if list then
+    for s = 1, #list, 4000 do redis.call('ZADD', hk, unpack(list, s, math.min(s + 3999, #list))) end
+  end
+  out[#out + 1] = version
+  if cached ~= '' and before == cached then
+    out[#out + 1] = '='
+    out[#out + 1] = ''
+  else
+    out[#out + 1] = whole(hk)
+    out[#out + 1] = ARGV[6 + 3 * u] == '1' and whole(fk) or ''
+  end
+  if prune ~= '' then
+    redis.call('ZREMRANGEBYSCORE', hk, '-inf', '(' .. prune)
+    redis.call('ZREMRANGEBYSCORE', fk, '-inf', '(' .. prune)
   end
 end
 return out
 """
 
-# KEYS: tx key.  ARGV: txid, tx_fraud, label_us.  Replaces any earlier label of the transaction.
+# KEYS: tx key.  ARGV: txid, tx_fraud, label_us, key prefix.  Replaces any earlier label of the transaction
+# and drops the version of each fraud set it changes (fraud key {p}f:... -> version key {p}v:...).
 _LABEL_LUA = """
-local rec = redis.call('HMGET', KEYS[1], 't', 'k', 'l')
-if not rec[1] then return 0 end
-for fk in string.gmatch(rec[2] or '', '[^\\n]+') do
-  if rec[3] then redis.call('ZREM', fk, ARGV[1] .. '|' .. rec[3]) end
-  if ARGV[2] == '1' then redis.call('ZADD', fk, rec[1], ARGV[1] .. '|' .. ARGV[3]) end
+local rec = redis.call('GET', KEYS[1])
+if not rec then return 0 end
+local t, old, keys = string.match(rec, '^([^\\n]*)\\n([^\\n]*)\\n?(.*)$')
+for fk in string.gmatch(keys, '[^\\n]+') do
+  if old ~= '' then redis.call('ZREM', fk, ARGV[1] .. '|' .. old) end
+  if ARGV[2] == '1' then redis.call('ZADD', fk, t, ARGV[1] .. '|' .. ARGV[3]) end
+  redis.call('DEL', ARGV[4] .. 'v' .. string.sub(fk, #ARGV[4] + 2))
 end
-if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'l', ARGV[3]) else redis.call('HDEL', KEYS[1], 'l') end
+local label = ARGV[2] == '1' and ARGV[3] or ''
+redis.call('SET', KEYS[1], t .. '\\n' .. label .. (keys ~= '' and ('\\n' .. keys) or ''), 'KEEPTTL')
 return 1
 """
 
 
+@dataclass
+class _Cached:
+    token: str
+    columns: EntityColumns
+
+
 class RedisStore(OnlineStore):
-    """Redis-backed store shared by every replica; one round trip per transaction (a Lua script)."""
+    """Redis-backed store shared by every replica; one round trip per scoring call (a Lua script).
+
+    ``apply_columns`` keeps a copy of the entities it has read, tagged with their version token, and asks
+    Redis for an entity's sets only when the token changed (another replica, a label, a restart): in steady
+    state a batch moves its own writes and a few tokens instead of every window it reads. The copy holds
+    the ``cache_entities`` most recently used entities (FRAUD_REDIS_CACHE_ENTITIES; 0 turns it off).
+    """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "fraud:",
-                 tx_ttl_s: int | None = None, socket_timeout: float = 0.5, *args, **kwargs):
+                 tx_ttl_s: int | None = None, socket_timeout: float = 0.5, cache_entities: int = 50_000,
+                 *args, **kwargs):
         import redis
 
         super().__init__(*args, **kwargs)
@@ -272,12 +353,17 @@ class RedisStore(OnlineStore):
                                            socket_connect_timeout=socket_timeout, decode_responses=True,
                                            health_check_interval=5, retry_on_timeout=False)
         self._apply = self.client.register_script(_APPLY_LUA)
-        self._apply_many = self.client.register_script(_APPLY_MANY_LUA)
+        self._columns = self.client.register_script(_COLUMNS_LUA)
         self._label = self.client.register_script(_LABEL_LUA)
         self._entity_order = sorted(self.lookback_us)
-        # Transactions per _APPLY_MANY_LUA call: a script blocks Redis (other replicas, the stream worker)
-        # while it runs and its reply must come within socket_timeout, so large batches go in several calls.
+        # Transactions per call: a script blocks Redis (other replicas, the stream worker) while it runs and
+        # its reply must come within socket_timeout, so large batches go in several calls.
         self.max_call_txs = 2500
+        self.cache_entities = cache_entities
+        self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._tokens = itertools.count()
+        self._token_base = uuid.uuid4().hex[:16]
 
     def _key(self, kind: str, entity: str, eid: str) -> str:
         return f"{self.prefix}{kind}:{entity}:{eid}"
@@ -295,17 +381,18 @@ class RedisStore(OnlineStore):
         def run():
             for batch in _chunks(list(self.client.scan_iter(f"{self.prefix}*", count=1000)), 1000):
                 self.client.unlink(*batch)
+        with self._cache_lock:
+            self._cache.clear()
         self._call(run)
 
     def _args(self, tx: TxEvent, write: bool, read: bool) -> tuple[list[str], list[str]]:
-        if SEP in tx.transaction_id:
-            raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
-        keys = [f"{self.prefix}tx:{tx.transaction_id}"]
+        _check_id(tx)
+        keys = [f"{self.prefix}t:{tx.transaction_id}"]
         member_args: list[str] = []
         fraud_keys = []
         for e in self._entity_order:
             eid = tx.entities[e]
-            keys += [self._key("h", e, eid), self._key("f", e, eid)]
+            keys += [self._key("h", e, eid), self._key("f", e, eid), self._key("v", e, eid)]
             if e in self.fraud_entities:
                 fraud_keys.append(self._key("f", e, eid))
             lo = tx.t_us - self.lookback_us[e]
@@ -326,9 +413,8 @@ class RedisStore(OnlineStore):
             pipe = self.client.pipeline(transaction=False)
             for ev in events:
                 if isinstance(ev, Label):
-                    self._label(keys=[f"{self.prefix}tx:{ev.transaction_id}"],
-                                args=[ev.transaction_id, str(int(ev.tx_fraud)), str(ev.label_us)],
-                                client=pipe)
+                    args = [ev.transaction_id, str(int(ev.tx_fraud)), str(ev.label_us), self.prefix]
+                    self._label(keys=[f"{self.prefix}t:{ev.transaction_id}"], args=args, client=pipe)
                 else:
                     keys, argv = self._args(ev, write, read)
                     self._apply(keys=keys, args=argv, client=pipe)
@@ -339,69 +425,76 @@ class RedisStore(OnlineStore):
                 for ev, r in zip(events, replies, strict=True)]
 
     def _process_many(self, txs: list[TxEvent], write: bool, read: bool) -> list:
-        """Transactions in time order (or read-only) through one _APPLY_MANY_LUA call."""
-        order, lookback, fraud_entities = self._entity_order, self.lookback_us, self.fraud_entities
+        """Transactions in time order (or read-only) through one _COLUMNS_LUA call, cut per transaction."""
+        cols = self.apply_columns(txs, write=write)
+        return [states_of(txs, k, cols) for k in range(len(txs))] if read else [None] * len(txs)
+
+    def apply_columns(self, txs: Sequence[TxEvent], write: bool = True) -> BatchColumns:
+        with self._cache_lock:
+            return self._apply_columns(txs, write)
+
+    def _apply_columns(self, txs: Sequence[TxEvent], write: bool) -> BatchColumns:
+        order, lookback, cache = self._entity_order, self.lookback_us, self._cache
+        n = len(txs)
         index: dict[tuple[str, str], int] = {}  # (entity, id) -> 0-based position in the call
-        bounds: list[list[int]] = []  # per entity: lower bound, upper bound
-        keys = [f"{self.prefix}tx:{tx.transaction_id}" for tx in txs]
+        newest: list[int] = []  # per entity: its latest transaction in the batch
+        slots = {e: np.empty(n, np.int64) for e in order}
+        keys = [f"{self.prefix}t:{tx.transaction_id}" for tx in txs]
         ent_keys: list[str] = []
         tx_args: list[str] = []
-        tx_ents: list[list[int]] = []
-        for tx in txs:
-            if SEP in tx.transaction_id:
-                raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
+        fraud = [e in self.fraud_entities for e in order]
+        for k, tx in enumerate(txs):
+            _check_id(tx)
             t = tx.t_us
-            fraud_keys, mine, member, ent_args = [], [], f"{tx.transaction_id}|{tx.amount!r}", []
-            for e in order:
+            positions, fraud_keys = [], []
+            for e, is_fraud in zip(order, fraud, strict=True):
                 eid = tx.entities[e]
                 u = index.get((e, eid))
                 if u is None:
-                    u = index[(e, eid)] = len(bounds)
-                    bounds.append([t - lookback[e], t])
-                    ent_keys += [self._key("h", e, eid), self._key("f", e, eid)]
-                else:
-                    b = bounds[u]
-                    b[0], b[1] = min(b[0], t - lookback[e]), max(b[1], t)
-                if e in fraud_entities:
-                    fraud_keys.append(self._key("f", e, eid))
-                mine.append(u)
-                ent_args += [str(u + 1), member]
-            tx_args += [str(t), "\n".join(fraud_keys), *ent_args]
-            tx_ents.append(mine)
-        ents = list(index)
-        argv = [str(self.tx_ttl_s), str(len(txs)), str(len(ents)), "1" if write else "0",
-                "1" if read else "0", str(len(order))]
-        for (e, _), (lo, hi) in zip(ents, bounds, strict=True):
-            argv += [str(lo), str(hi), str(lookback[e]), "1" if e in fraud_entities else "0"]
-        reply = self._call(lambda: self._apply_many(keys=keys + ent_keys, args=argv + tx_args))
-        if not read:
-            return [None] * len(txs)
-        flags = reply[0]
-        hist = [_columns(reply[1 + 2 * u]) for u in range(len(ents))]
-        frauds = [_frauds(reply[2 + 2 * u]) for u in range(len(ents))]
-        out = []
-        for k, tx in enumerate(txs):
-            t = tx.t_us
-            # Peers at the same instant recorded after this one by the call: not there yet for it.
-            later: set[str] = set()
-            nxt = k + 1
-            while write and nxt < len(txs) and txs[nxt].t_us == t:
-                if flags[nxt] == "1":
-                    later.add(txs[nxt].transaction_id)
-                nxt += 1
-            states = {}
-            for e, u in zip(order, tx_ents[k], strict=True):
-                times, ids, amounts = hist[u]
-                lo = t - lookback[e]
-                i, j = bisect_left(times, lo), bisect_right(times, t)
-                cols = (times[i:j], ids[i:j], amounts[i:j])
-                if later:
-                    keep = [n for n, tid in enumerate(cols[1]) if tid not in later]
-                    cols = tuple([c[n] for n in keep] for c in cols)
-                fr = frauds[u]
-                states[e] = EntityState(columns=cols, frauds=[f for f in fr if lo <= f[0] <= t] if fr else [])
-            out.append(states)
-        return out
+                    u = index[(e, eid)] = len(newest)
+                    ent_keys += [self._key("h", e, eid), self._key("f", e, eid), self._key("v", e, eid)]
+                    newest.append(t)
+                elif t > newest[u]:
+                    newest[u] = t
+                slots[e][k] = u
+                if is_fraud:
+                    fraud_keys.append(ent_keys[3 * u + 1])
+                positions.append(str(u + 1))
+            tx_args += [str(t), "\n".join(fraud_keys), f"{tx.transaction_id}|{tx.amount!r}", *positions]
+        ent_args: list[str] = []
+        bounds: list[int | None] = []
+        for (e, eid), latest in zip(index, newest, strict=True):
+            held = cache.get((e, eid))
+            bound = latest - lookback[e] if write else None
+            if bound is not None and held is not None and _oldest(held.columns) >= bound:
+                bound = None  # our copy says nothing is old enough (if the copy is stale, Redis keeps more)
+            bounds.append(bound)
+            ent_args += [held.token if held else "", "" if bound is None else str(bound),
+                         "1" if e in self.fraud_entities else "0"]
+        token = f"{self._token_base}:{next(self._tokens)}"
+        argv = [str(self.tx_ttl_s), str(n), str(len(index)), str(len(order)), token, "1" if write else "0"]
+        reply = self._call(lambda: self._columns(keys=keys + ent_keys, args=argv + ent_args + tx_args))
+        new = np.frombuffer(reply[0].encode(), np.uint8) == ord("1")
+        added: dict[int, list[TxEvent]] = {}  # entity position -> the call's new transactions of it
+        for k in np.flatnonzero(new).tolist():
+            for e in order:
+                added.setdefault(int(slots[e][k]), []).append(txs[k])
+        entities = []
+        for u, key in enumerate(index):
+            version, hist, frauds = reply[1 + 3 * u], reply[2 + 3 * u], reply[3 + 3 * u]
+            if hist == "=":  # our copy is what Redis held before the call: add the call's own records
+                cols = _with(cache[key].columns, added.get(u, []))
+            else:
+                cols = _parse_columns(hist, frauds)
+            entities.append(cols)
+            if version and self.cache_entities > 0:  # keep what Redis holds after the call
+                cache[key] = _Cached(version, cols if bounds[u] is None else _pruned(cols, bounds[u]))
+                cache.move_to_end(key)
+            else:
+                cache.pop(key, None)
+        while len(cache) > self.cache_entities:
+            cache.popitem(last=False)
+        return BatchColumns(new=new, slots=slots, entities=entities)
 
     def _parse(self, reply: list) -> dict[str, EntityState]:
         states = {}
@@ -421,23 +514,52 @@ class RedisStore(OnlineStore):
         self.client.close()
 
 
-def _columns(window: str) -> tuple[list[int], list[str], list[float]]:
-    """History window reply ("member SEP score SEP ...", member "txid|amount") -> (times, ids, amounts), in
-    Redis' (time) order. Whole-list conversions (split, map) instead of a tuple per entry: this parse is most
-    of a batch's Python time."""
-    if not window:
-        return [], [], []
-    parts = window.split(SEP)
-    members = [m.rpartition("|") for m in parts[0::2]]  # the txid may hold '|', the amount not
-    return list(map(int, parts[1::2])), [m[0] for m in members], [float(m[2]) for m in members]
+def _check_id(tx: TxEvent) -> None:
+    if SEP in tx.transaction_id:
+        raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
 
 
-def _frauds(window: str) -> list[tuple[int, int]]:
-    """Fraud window reply (member "txid|label_us", scored by tx time) -> [(tx time, label time)]."""
-    if not window:
-        return []
-    parts = window.split(SEP)
-    return list(zip(map(int, parts[1::2]), (int(m.rpartition("|")[2]) for m in parts[0::2]), strict=True))
+def _parse_columns(history: str, frauds: str) -> EntityColumns:
+    """Whole-set replies ("member SEP score SEP ...") -> columns. History members are "txid|amount" (the
+    txid may hold '|', the amount not); fraud members "txid|label_us", scored by tx time."""
+    parts = history.split(SEP) if history else []
+    members = [m.rpartition("|") for m in parts[0::2]]
+    f_parts = frauds.split(SEP) if frauds else []
+    return EntityColumns(
+        times=np.array(parts[1::2], dtype=np.int64),
+        amounts=np.array([m[2] for m in members], dtype=np.float64),
+        ids=[m[0] for m in members], fraud_times=np.array(f_parts[1::2], dtype=np.int64),
+        fraud_labels=np.array([m.rpartition("|")[2] for m in f_parts[0::2]], dtype=np.int64))
+
+
+def _with(cols: EntityColumns, txs: list[TxEvent]) -> EntityColumns:
+    """``cols`` with these transactions recorded (kept sorted by time, as Redis' sorted set is)."""
+    if not txs:
+        return cols
+    times = np.concatenate([cols.times, [tx.t_us for tx in txs]]).astype(np.int64, copy=False)
+    amounts = np.concatenate([cols.amounts, [tx.amount for tx in txs]])
+    ids = [*cols.ids, *(tx.transaction_id for tx in txs)]
+    if len(cols.times) and txs[0].t_us < cols.times[-1]:  # a late transaction: not an append
+        order = np.argsort(times, kind="stable")
+        times, amounts, ids = times[order], amounts[order], [ids[i] for i in order]
+    return EntityColumns(times, amounts, ids, cols.fraud_times, cols.fraud_labels)
+
+
+def _oldest(cols: EntityColumns) -> int:
+    firsts = [int(cols.times[0])] if len(cols.times) else []
+    if len(cols.fraud_times):
+        firsts.append(int(cols.fraud_times.min()))
+    return min(firsts, default=2**62)
+
+
+def _pruned(cols: EntityColumns, lo: int) -> EntityColumns:
+    """What Redis keeps after ``ZREMRANGEBYSCORE -inf (lo``: entries and frauds with time >= lo."""
+    i = int(np.searchsorted(cols.times, lo, "left"))
+    keep = cols.fraud_times >= lo
+    if i == 0 and keep.all():
+        return cols
+    return EntityColumns(cols.times[i:], cols.amounts[i:], cols.ids[i:], cols.fraud_times[keep],
+                         cols.fraud_labels[keep])
 
 
 def _chunks(items: list, n: int):
@@ -454,5 +576,6 @@ def make_store(settings=None, **kwargs) -> OnlineStore:
     if settings.online_store == "memory":
         return MemoryStore()
     if settings.online_store == "redis":
+        kwargs.setdefault("cache_entities", int(os.environ.get("FRAUD_REDIS_CACHE_ENTITIES", "50000")))
         return RedisStore(settings.redis_url, **kwargs)
     raise ValueError(f"unknown online store {settings.online_store!r} (expected 'memory' or 'redis')")

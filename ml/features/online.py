@@ -16,7 +16,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ml.features.spec import FEATURES, max_lookback
 
@@ -65,8 +65,7 @@ class EntityState:
     columns: tuple[list[int], list[str], list[float]] | None = None
 
 
-@dataclass(frozen=True)
-class TxEvent:
+class TxEvent(NamedTuple):  # a tuple: built per scored transaction, ~5x cheaper than a frozen dataclass
     transaction_id: str
     t_us: int
     entities: Mapping[str, str]  # entity column -> id, e.g. {"customer_id": "C1", "terminal_id": "T9"}

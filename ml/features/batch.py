@@ -1,0 +1,216 @@
+"""The feature spec rendered for many transactions at once (numpy): the batch twin of ``compute_features``.
+
+A store's ``apply_columns`` records a batch and returns, per entity the batch touches, the entity's
+transactions as time-sorted columns (the batch's own included) and its known frauds. Every feature of every
+transaction is then a vectorised pass: a window is a ``searchsorted`` range in the entities' concatenated
+columns. The steps come from the same ``FEATURES`` as the SQL and the per-transaction path.
+
+A transaction that the fast path cannot decide from times alone goes through ``compute_features`` with
+states cut from the same columns: a re-delivery (its first record may sit at another time), or another
+transaction of one of its entities at the very same instant (the spec orders those by id, and a stream sees
+only the ones that arrived before). ``tests/test_batch_features.py`` checks that both paths agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ml.features.online import (
+    _DELAYED,
+    _RATIO,
+    _ROW,
+    _STEPS,
+    WINDOW_ENTITIES,
+    EntityState,
+    TxEvent,
+    compute_features,
+    to_us,
+)
+from ml.features.spec import BY_NAME, FEATURE_NAMES
+
+_DAY_US, _HOUR_US = 86_400_000_000, 3_600_000_000
+PER_TX_BELOW = 8  # smaller batches go one by one (measured: 1 transaction 130 µs that way, 420 µs vectorised)
+
+# numpy counterparts of ml.features.online.ROW_PY (times in µs since 1970-01-01, a Thursday: ISO day 4).
+ROW_NP = {
+    "amount": lambda amount, t_us: amount,
+    "weekend": lambda amount, t_us: ((t_us // _DAY_US + 3) % 7 >= 5).astype(np.float64),
+    "night": lambda amount, t_us: ((t_us // _HOUR_US) % 24 <= 6).astype(np.float64),
+}
+
+
+@dataclass
+class EntityColumns:
+    """One entity's recorded transactions, sorted by time, and its known frauds (tx time, label time)."""
+
+    times: np.ndarray  # int64 µs
+    amounts: np.ndarray  # float64
+    ids: Sequence[str]
+    fraud_times: np.ndarray  # int64 µs
+    fraud_labels: np.ndarray  # int64 µs
+
+
+EMPTY = EntityColumns(np.empty(0, np.int64), np.empty(0), [], np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+@dataclass
+class BatchColumns:
+    """What a store returns for a batch of transactions recorded in order (``apply_columns``)."""
+
+    new: np.ndarray  # bool per transaction: recorded by this call (False: already known, a re-delivery)
+    slots: dict[str, np.ndarray]  # entity column -> per transaction, its index in ``entities``
+    entities: list[EntityColumns]
+
+
+def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns) -> np.ndarray:
+    """Every spec feature of every transaction as of its time: an (n, features) array in spec order."""
+    n = len(txs)
+    if n < PER_TX_BELOW:  # numpy's fixed cost per call (~30 array operations) outweighs a few loops
+        out = np.empty((n, len(FEATURE_NAMES)))
+        for k in range(n):
+            feats = compute_features(txs[k], states_of(txs, k, cols))
+            out[k] = [feats[name] for name in FEATURE_NAMES]
+        return out
+    t = np.fromiter((tx.t_us for tx in txs), np.int64, n)
+    amount = np.fromiter((tx.amount for tx in txs), np.float64, n)
+    flat = _Flat(cols.entities, t)
+    out = np.empty((n, len(FEATURE_NAMES)))
+    fast = cols.new.copy()
+    for e in WINDOW_ENTITIES:  # the fast path holds when the entity's only entry at t is this transaction
+        u = cols.slots[e]
+        fast &= flat.search(u, t, "right") - flat.search(u, t, "left") == 1
+    shared: dict[tuple, tuple] = {}
+    done: dict[str, np.ndarray] = {}
+    for j, (kind, name, a, b, w, d) in enumerate(_STEPS):
+        if kind == _ROW:
+            col = ROW_NP[BY_NAME[name].op](amount, t)
+        elif kind == _DELAYED:
+            key = (b, w, d)
+            if key not in shared:
+                shared[key] = flat.delayed(cols.slots[b], t, w, d)
+            count, frauds = shared[key]
+            col = np.divide(frauds, count, out=np.zeros(n), where=count > 0) if a else count.astype(float)
+        elif kind == _RATIO:
+            num, den = _ref(a, amount, done), _ref(b, amount, done)
+            col = np.divide(num, den, out=np.zeros(n), where=den > 0)
+        elif a == "max":
+            col = flat.earlier_max(cols.slots[b], t, w)
+        else:
+            key = (b, w)
+            if key not in shared:
+                shared[key] = flat.trailing(cols.slots[b], t, w, amount)
+            count, total = shared[key]
+            col = total / count if a == "mean" else count.astype(np.float64)
+        out[:, j] = col
+        done[name] = col
+    for k in np.flatnonzero(~fast):  # rare: re-deliveries and same-instant peers, one by one
+        feats = compute_features(txs[k], states_of(txs, k, cols))
+        out[k] = [feats[name] for name in FEATURE_NAMES]
+    return out
+
+
+def _ref(name: str, amount: np.ndarray, done: dict[str, np.ndarray]) -> np.ndarray:
+    if name in done:
+        return done[name]
+    if name == "tx_amount":
+        return amount
+    raise ValueError(f"ratio refers to {name!r}, which is neither an earlier feature nor a transaction field")
+
+
+class _Flat:
+    """The batch's entity columns end to end, keyed (entity slot, time) so one searchsorted serves all."""
+
+    def __init__(self, entities: list[EntityColumns], t: np.ndarray):
+        reach = max((to_us(lb) for lb in WINDOW_ENTITIES.values()), default=0)
+        times = [c.times for c in entities]
+        lows = [int(t.min()) - reach] + [int(x[0]) for x in times if len(x)]
+        highs = [int(t.max())] + [int(x[-1]) for x in times if len(x)]
+        self.base, self.span = min(lows), max(highs) - min(lows) + 1
+        if self.span * max(len(entities), 1) >= 2**62:
+            raise ValueError("batch spans too long a time for one composite key")
+        lengths = np.fromiter((len(x) for x in times), np.int64, len(entities))
+        owner = np.repeat(np.arange(len(entities), dtype=np.int64), lengths)
+        all_times = np.concatenate(times) if times else np.empty(0, np.int64)
+        self.keys = owner * self.span + (all_times - self.base)
+        # One trailing 0 so that an index equal to the length is valid for reduceat.
+        self.amounts = np.append(np.concatenate([c.amounts for c in entities]) if entities else [], 0.0)
+        f_lengths = np.fromiter((len(c.fraud_times) for c in entities), np.int64, len(entities))
+        f_owner = np.repeat(np.arange(len(entities), dtype=np.int64), f_lengths)
+        f_times = np.concatenate([c.fraud_times for c in entities]) if entities else np.empty(0, np.int64)
+        f_labels = np.concatenate([c.fraud_labels for c in entities]) if entities else np.empty(0, np.int64)
+        f_keys = f_owner * self.span + (f_times - self.base)
+        order = np.argsort(f_keys, kind="stable")
+        self.f_keys, self.f_labels = f_keys[order], f_labels[order]
+
+    def search(self, slot: np.ndarray, x: np.ndarray, side: str, keys: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Positions of time x in each row's entity (``keys``: the fraud keys instead of the history)."""
+        where = slot * self.span + (x - self.base)
+        return np.searchsorted(self.keys if keys is None else keys, where, side)
+
+    def trailing(self, slot, t, w, amount) -> tuple[np.ndarray, np.ndarray]:
+        """(count, sum) of the earlier transactions in [t - w, t) plus this one (fast-path rows)."""
+        lo, hi = self.search(slot, t - w, "left"), self.search(slot, t, "left")
+        return hi - lo + 1, _reduce(np.add, self.amounts, lo, hi, 0.0) + amount
+
+    def earlier_max(self, slot, t, w) -> np.ndarray:
+        lo, hi = self.search(slot, t - w, "left"), self.search(slot, t, "left")
+        return _reduce(np.maximum, self.amounts, lo, hi, 0.0)
+
+    def delayed(self, slot, t, w, d) -> tuple[np.ndarray, np.ndarray]:
+        """(transactions, frauds known at t) with time in [t - d - w, t - d]."""
+        lo_t, hi_t = t - d - w, t - d
+        count = self.search(slot, hi_t, "right") - self.search(slot, lo_t, "left")
+        f_lo = self.search(slot, lo_t, "left", self.f_keys)
+        f_hi = self.search(slot, hi_t, "right", self.f_keys)
+        lengths = f_hi - f_lo
+        total = int(lengths.sum())
+        frauds = np.zeros(len(t), np.int64)
+        if total:  # each (transaction, fraud in its window) pair, kept if the label was known at t
+            row = np.repeat(np.arange(len(t)), lengths)
+            pos = f_lo[row] + np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            known = self.f_labels[pos] <= t[row]
+            frauds = np.bincount(row[known], minlength=len(t))
+        return count, frauds
+
+
+def _reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, empty: float) -> np.ndarray:
+    """``ufunc`` over values[lo:hi] per row (``empty`` where the range is empty). ``values`` ends with one
+    padding element, so that hi may equal the data length."""
+    if not len(lo):
+        return np.empty(0)
+    # reduceat also reduces the gaps between consecutive ranges: in order of lo, the gaps add up to at most
+    # the data once (in query order, each could span most of it).
+    order = np.argsort(lo, kind="stable")
+    idx = np.empty(2 * len(lo), np.int64)
+    idx[0::2], idx[1::2] = lo[order], hi[order]
+    out = np.empty(len(lo))
+    out[order] = ufunc.reduceat(values, idx)[0::2]
+    return np.where(hi > lo, out, empty)
+
+
+def states_of(txs: Sequence[TxEvent], k: int, cols: BatchColumns) -> dict[str, EntityState]:
+    """The entity states ``compute_features`` needs for transaction k, as if the batch ran one by one:
+    its window of each entity, without the same-instant transactions this call recorded after it."""
+    tx = txs[k]
+    later = set()
+    for m in range(k + 1, len(txs)):
+        if txs[m].t_us != tx.t_us:
+            break
+        if cols.new[m]:
+            later.add(txs[m].transaction_id)
+    states = {}
+    for e, lookback in WINDOW_ENTITIES.items():
+        c = cols.entities[int(cols.slots[e][k])]
+        lo = tx.t_us - to_us(lookback)
+        i, j = np.searchsorted(c.times, lo, "left"), np.searchsorted(c.times, tx.t_us, "right")
+        keep = [p for p in range(i, j) if c.ids[p] not in later]
+        in_window = (c.fraud_times >= lo) & (c.fraud_times <= tx.t_us)
+        history = ([int(c.times[p]) for p in keep], [c.ids[p] for p in keep],
+                   [float(c.amounts[p]) for p in keep])
+        frauds = zip(c.fraud_times[in_window].tolist(), c.fraud_labels[in_window].tolist(), strict=True)
+        states[e] = EntityState(columns=history, frauds=list(frauds))
+    return states
