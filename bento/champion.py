@@ -8,6 +8,7 @@ name for tests and benchmarks on a store that has no trained champion yet.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Champion:
     spec_version: str
     source_tag: str
     exact_reasons: bool = False
+    logistic: bool = False  # binary:logistic: probability = sigmoid(margin)
 
     @property
     def columns(self) -> list[int] | None:
@@ -55,10 +57,13 @@ class Champion:
         ``exact_reasons`` (FRAUD_EXACT_SHAP=1) for TreeSHAP. Columns are in ``feature_names`` order, which
         ``load_champion`` checked against the booster's own names."""
         dm = xgb.DMatrix(x, nthread=1)
-        proba = self.booster.predict(dm, validate_features=False)
         contribs = self.booster.predict(dm, pred_contribs=True, approx_contribs=not self.exact_reasons,
                                         validate_features=False)
-        return np.asarray(proba, dtype=np.float64).reshape(-1), contribs[:, :-1]
+        if self.logistic:  # contributions plus bias add up to the margin: no second pass over the trees
+            proba = 1.0 / (1.0 + np.exp(-contribs.sum(axis=1, dtype=np.float64)))
+        else:
+            proba = np.asarray(self.booster.predict(dm, validate_features=False), np.float64).reshape(-1)
+        return proba, contribs[:, :-1]
 
 
 def _booster_from(model) -> xgb.Booster:
@@ -92,8 +97,10 @@ def load_champion(tag: str = f"{MODEL_NAME}:latest", threshold: float | None = N
         raise ValueError(f"{model.tag}: booster columns {booster.feature_names} differ from metadata {names}")
     booster.set_param({"nthread": 1})  # one request = one small prediction; threads only add overhead
     thr = float(threshold if threshold is not None else meta.get("threshold", DEFAULT_THRESHOLD))
+    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
     champ = Champion(str(model.tag), booster, names, thr, spec, str(meta.get("source_tag", "")),
-                     exact_reasons=os.environ.get("FRAUD_EXACT_SHAP", "0") == "1")
+                     exact_reasons=os.environ.get("FRAUD_EXACT_SHAP", "0") == "1",
+                     logistic=objective == "binary:logistic")
     x = np.zeros((1, len(names)))
     for _ in range(3):  # warm up before serving: first predictions allocate caches
         champ.predict(x)

@@ -110,7 +110,7 @@ class Scorer:
             p = float(proba[i])
             opinion = river_opinion(river, dict(zip(FEATURE_NAMES, spec_x[i].tolist(), strict=True))) \
                 if river is not None else None
-            out.append(ScoreResult(
+            out.append(ScoreResult.model_construct(  # built from checked values: no validation per result
                 transaction_id=str(tx["transaction_id"]), fraud_probability=p,
                 decision="decline" if p >= champ.threshold else "approve", threshold=champ.threshold,
                 model_tag=champ.tag,
@@ -120,7 +120,8 @@ class Scorer:
 
     def _reasons(self, champ: Champion, row: np.ndarray, contrib: np.ndarray) -> list[Reason]:
         top = np.argsort(-contrib, kind="stable")[: self.n_reasons]
-        return [Reason(feature=champ.feature_names[j], value=float(row[j]), contribution=float(contrib[j]))
+        return [Reason.model_construct(feature=champ.feature_names[j], value=float(row[j]),
+                                       contribution=float(contrib[j]))
                 for j in top]
 
 

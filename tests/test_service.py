@@ -75,6 +75,25 @@ def test_score_valid(client) -> None:
     assert client.get("/readyz").status_code == 200 and client.get("/livez").status_code == 200
 
 
+def test_probability_is_the_boosters(champion: str) -> None:
+    """The probability derived from the contributions (sigmoid of their sum) is XGBoost's own prediction,
+    and the reasons are its contributions."""
+    import numpy as np
+    import xgboost as xgb
+
+    from bento.champion import load_champion
+
+    champ = load_champion(champion)
+    assert champ.logistic
+    x = np.random.default_rng(0).gamma(2.0, 20.0, size=(200, len(champ.feature_names)))
+    proba, contribs = champ.predict_explain(x)
+    dm = xgb.DMatrix(x)
+    assert np.allclose(proba, champ.booster.predict(dm, validate_features=False), rtol=0, atol=1e-6)
+    assert np.allclose(proba, champ.predict(x), rtol=0, atol=1e-6)
+    want = champ.booster.predict(dm, pred_contribs=True, approx_contribs=True, validate_features=False)
+    assert np.array_equal(contribs, want[:, :-1])
+
+
 def test_cold_start_then_history(client) -> None:
     """Never-seen customer/terminal: scored, not an error; its state then builds up."""
     r1 = client.post("/score", json={**TX, "transaction_id": "cold-1", "customer_id": "new-c",
