@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
+from bento.path_contributions import PathContributions
 from ml.features.spec import FEATURE_NAMES, SPEC_VERSION
 
 MODEL_NAME = "fraud-champion"
+# Up to this many rows, contributions come from numpy (bento.path_contributions: 87 µs for one row against
+# 427 µs through a DMatrix); above, XGBoost's own call is faster (5,000 rows: 34 ms against 88 ms).
+PATHS_UP_TO = 32
 DEFAULT_THRESHOLD = 0.5
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class Champion:
     source_tag: str
     exact_reasons: bool = False
     logistic: bool = False  # binary:logistic: probability = sigmoid(margin)
+    paths: PathContributions | None = None  # the same Saabas contributions without a DMatrix (few rows)
 
     @property
     def columns(self) -> list[int] | None:
@@ -56,6 +61,8 @@ class Champion:
         ``approx_contribs``): ~5x cheaper than exact TreeSHAP and as good for ranking reasons; set
         ``exact_reasons`` (FRAUD_EXACT_SHAP=1) for TreeSHAP. Columns are in ``feature_names`` order, which
         ``load_champion`` checked against the booster's own names."""
+        if self.paths is not None and len(x) <= PATHS_UP_TO:
+            return self.paths.predict_explain(x)
         dm = xgb.DMatrix(x, nthread=1)
         contribs = self.booster.predict(dm, pred_contribs=True, approx_contribs=not self.exact_reasons,
                                         validate_features=False)
@@ -98,9 +105,10 @@ def load_champion(tag: str = f"{MODEL_NAME}:latest", threshold: float | None = N
     booster.set_param({"nthread": 1})  # one request = one small prediction; threads only add overhead
     thr = float(threshold if threshold is not None else meta.get("threshold", DEFAULT_THRESHOLD))
     objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    exact = os.environ.get("FRAUD_EXACT_SHAP", "0") == "1"
     champ = Champion(str(model.tag), booster, names, thr, spec, str(meta.get("source_tag", "")),
-                     exact_reasons=os.environ.get("FRAUD_EXACT_SHAP", "0") == "1",
-                     logistic=objective == "binary:logistic")
+                     exact_reasons=exact, logistic=objective == "binary:logistic",
+                     paths=None if exact else PathContributions.from_booster(booster))
     x = np.zeros((1, len(names)))
     for _ in range(3):  # warm up before serving: first predictions allocate caches
         champ.predict(x)

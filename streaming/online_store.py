@@ -7,7 +7,7 @@ transaction id, so a retried event does not double count.
 
 Redis layout (prefix ``fraud:`` by default): ``{p}h:{entity}:{id}`` sorted set of ``txid|amount`` scored
 by time (µs), ``{p}f:{entity}:{id}`` sorted set of ``txid|label_time_us`` scored by tx time,
-``{p}v:{entity}:{id}`` the version token of those two sets, ``{p}t:{txid}`` string "time, label time, fraud
+``{p}v:{entity}:{id}`` the version token of the history set, ``{p}t:{txid}`` string "time, label time, fraud
 keys" that expires after ``tx_ttl_s``. Scoring is one Lua call per batch (atomic: several service
 replicas can share one Redis).
 """
@@ -243,9 +243,10 @@ return out
 """
 
 # A batch in one call (transactions in time order): each new one is recorded as by _APPLY_LUA, then per
-# entity the batch touches: its new version token and its whole history and fraud sets, unless the caller's
-# copy was current ("=": the caller adds the call's own records to it), then the pruning the caller asks for
-# (it knows from its copy whether anything is old enough; without a current copy it always asks).
+# entity the batch touches: its new version token, its whole history unless the caller's copy was current
+# ("=": the caller adds the call's own records to it), its fraud set (small, and changed by every label, so
+# never cached), then the pruning the caller asks for (it knows from its copy whether anything is old
+# enough; without a current copy it always asks).
 # KEYS: tx keys (n), then per entity: history key, fraud key, version key.
 # ARGV: ttl_s, n, number of entities m, entities per tx, new token, write; per entity: the caller's token
 # ('' if none), prune bound ('' for none: entries and frauds with time < bound go), 1 if its fraud set is
@@ -294,11 +295,10 @@ for u = 1, m do
   out[#out + 1] = version
   if cached ~= '' and before == cached then
     out[#out + 1] = '='
-    out[#out + 1] = ''
   else
     out[#out + 1] = whole(hk)
-    out[#out + 1] = ARGV[6 + 3 * u] == '1' and whole(fk) or ''
   end
+  out[#out + 1] = ARGV[6 + 3 * u] == '1' and whole(fk) or ''
   if prune ~= '' then
     redis.call('ZREMRANGEBYSCORE', hk, '-inf', '(' .. prune)
     redis.call('ZREMRANGEBYSCORE', fk, '-inf', '(' .. prune)
@@ -307,8 +307,7 @@ end
 return out
 """
 
-# KEYS: tx key.  ARGV: txid, tx_fraud, label_us, key prefix.  Replaces any earlier label of the transaction
-# and drops the version of each fraud set it changes (fraud key {p}f:... -> version key {p}v:...).
+# KEYS: tx key.  ARGV: txid, tx_fraud, label_us.  Replaces any earlier label of the transaction.
 _LABEL_LUA = """
 local rec = redis.call('GET', KEYS[1])
 if not rec then return 0 end
@@ -316,7 +315,6 @@ local t, old, keys = string.match(rec, '^([^\\n]*)\\n([^\\n]*)\\n?(.*)$')
 for fk in string.gmatch(keys, '[^\\n]+') do
   if old ~= '' then redis.call('ZREM', fk, ARGV[1] .. '|' .. old) end
   if ARGV[2] == '1' then redis.call('ZADD', fk, t, ARGV[1] .. '|' .. ARGV[3]) end
-  redis.call('DEL', ARGV[4] .. 'v' .. string.sub(fk, #ARGV[4] + 2))
 end
 local label = ARGV[2] == '1' and ARGV[3] or ''
 redis.call('SET', KEYS[1], t .. '\\n' .. label .. (keys ~= '' and ('\\n' .. keys) or ''), 'KEEPTTL')
@@ -333,9 +331,10 @@ class _Cached:
 class RedisStore(OnlineStore):
     """Redis-backed store shared by every replica; one round trip per scoring call (a Lua script).
 
-    ``apply_columns`` keeps a copy of the entities it has read, tagged with their version token, and asks
-    Redis for an entity's sets only when the token changed (another replica, a label, a restart): in steady
-    state a batch moves its own writes and a few tokens instead of every window it reads. The copy holds
+    ``apply_columns`` keeps a copy of the entities' histories it has read, tagged with their version token,
+    and asks Redis for a history only when the token changed (another replica, the per-transaction script,
+    a restart): in steady state a batch moves its own writes, a few tokens and the (small) fraud sets
+    instead of every window it reads. The copy holds
     the ``cache_entities`` most recently used entities (FRAUD_REDIS_CACHE_ENTITIES; 0 turns it off).
     """
 
@@ -413,7 +412,7 @@ class RedisStore(OnlineStore):
             pipe = self.client.pipeline(transaction=False)
             for ev in events:
                 if isinstance(ev, Label):
-                    args = [ev.transaction_id, str(int(ev.tx_fraud)), str(ev.label_us), self.prefix]
+                    args = [ev.transaction_id, str(int(ev.tx_fraud)), str(ev.label_us)]
                     self._label(keys=[f"{self.prefix}t:{ev.transaction_id}"], args=args, client=pipe)
                 else:
                     keys, argv = self._args(ev, write, read)
@@ -485,10 +484,11 @@ class RedisStore(OnlineStore):
             if hist == "=":  # our copy is what Redis held before the call: add the call's own records
                 cols = _with(cache[key].columns, added.get(u, []))
             else:
-                cols = _parse_columns(hist, frauds)
-            entities.append(cols)
+                cols = _parse_history(hist)
+            fraud_times, fraud_labels = _parse_frauds(frauds)
+            entities.append(EntityColumns(cols.times, cols.amounts, cols.ids, fraud_times, fraud_labels))
             if version and self.cache_entities > 0:  # keep what Redis holds after the call
-                cache[key] = _Cached(version, cols if bounds[u] is None else _pruned(cols, bounds[u]))
+                cache[key] = _Cached(version, _history(cols, bounds[u]))
                 cache.move_to_end(key)
             else:
                 cache.pop(key, None)
@@ -519,17 +519,26 @@ def _check_id(tx: TxEvent) -> None:
         raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
 
 
-def _parse_columns(history: str, frauds: str) -> EntityColumns:
-    """Whole-set replies ("member SEP score SEP ...") -> columns. History members are "txid|amount" (the
-    txid may hold '|', the amount not); fraud members "txid|label_us", scored by tx time."""
+def _parse_history(history: str) -> EntityColumns:
+    """A whole history set ("member SEP score SEP ...", members "txid|amount"; the txid may hold '|', the
+    amount not) -> columns (no frauds: the copy keeps the history only)."""
     parts = history.split(SEP) if history else []
     members = [m.rpartition("|") for m in parts[0::2]]
-    f_parts = frauds.split(SEP) if frauds else []
-    return EntityColumns(
-        times=np.array(parts[1::2], dtype=np.int64),
-        amounts=np.array([m[2] for m in members], dtype=np.float64),
-        ids=[m[0] for m in members], fraud_times=np.array(f_parts[1::2], dtype=np.int64),
-        fraud_labels=np.array([m.rpartition("|")[2] for m in f_parts[0::2]], dtype=np.int64))
+    return EntityColumns(times=np.array(parts[1::2], dtype=np.int64),
+                         amounts=np.array([m[2] for m in members], dtype=np.float64),
+                         ids=[m[0] for m in members], fraud_times=_NO_TIMES, fraud_labels=_NO_TIMES)
+
+
+def _parse_frauds(frauds: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fraud set (members "txid|label_us", scored by tx time) -> (tx times, label times)."""
+    if not frauds:
+        return _NO_TIMES, _NO_TIMES
+    parts = frauds.split(SEP)
+    return (np.array(parts[1::2], dtype=np.int64),
+            np.array([m.rpartition("|")[2] for m in parts[0::2]], dtype=np.int64))
+
+
+_NO_TIMES = np.empty(0, np.int64)
 
 
 def _with(cols: EntityColumns, txs: list[TxEvent]) -> EntityColumns:
@@ -546,20 +555,13 @@ def _with(cols: EntityColumns, txs: list[TxEvent]) -> EntityColumns:
 
 
 def _oldest(cols: EntityColumns) -> int:
-    firsts = [int(cols.times[0])] if len(cols.times) else []
-    if len(cols.fraud_times):
-        firsts.append(int(cols.fraud_times.min()))
-    return min(firsts, default=2**62)
+    return int(cols.times[0]) if len(cols.times) else 2**62
 
 
-def _pruned(cols: EntityColumns, lo: int) -> EntityColumns:
-    """What Redis keeps after ``ZREMRANGEBYSCORE -inf (lo``: entries and frauds with time >= lo."""
-    i = int(np.searchsorted(cols.times, lo, "left"))
-    keep = cols.fraud_times >= lo
-    if i == 0 and keep.all():
-        return cols
-    return EntityColumns(cols.times[i:], cols.amounts[i:], cols.ids[i:], cols.fraud_times[keep],
-                         cols.fraud_labels[keep])
+def _history(cols: EntityColumns, lo: int | None) -> EntityColumns:
+    """The history Redis keeps after ``ZREMRANGEBYSCORE -inf (lo`` (None: no pruning), frauds left out."""
+    i = 0 if lo is None else int(np.searchsorted(cols.times, lo, "left"))
+    return EntityColumns(cols.times[i:], cols.amounts[i:], cols.ids[i:], _NO_TIMES, _NO_TIMES)
 
 
 def _chunks(items: list, n: int):

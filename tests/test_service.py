@@ -77,7 +77,7 @@ def test_score_valid(client) -> None:
 
 def test_probability_is_the_boosters(champion: str) -> None:
     """The probability derived from the contributions (sigmoid of their sum) is XGBoost's own prediction,
-    and the reasons are its contributions."""
+    and the reasons are its contributions, whether XGBoost or numpy walks the trees."""
     import numpy as np
     import xgboost as xgb
 
@@ -92,6 +92,11 @@ def test_probability_is_the_boosters(champion: str) -> None:
     assert np.allclose(proba, champ.predict(x), rtol=0, atol=1e-6)
     want = champ.booster.predict(dm, pred_contribs=True, approx_contribs=True, validate_features=False)
     assert np.array_equal(contribs, want[:, :-1])
+    # A few rows (a /score request, a micro-batch): the numpy walk of the same trees, float32 aside.
+    assert champ.paths is not None
+    few_proba, few = champ.predict_explain(x[:20])
+    assert np.allclose(few_proba, proba[:20], rtol=0, atol=1e-6)
+    assert np.allclose(few, contribs[:20], rtol=0, atol=1e-5)
 
 
 def test_cold_start_then_history(client) -> None:
