@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ml.features.batch import compute_batch
-from ml.features.online import compute_features, to_us, tx_event
+from ml.features.online import TxEvent, compute_features, to_us, tx_event
 from ml.features.spec import FEATURE_NAMES
 from streaming.online_store import Label, MemoryStore, OnlineStore, StoreUnavailable, make_store
 
@@ -43,11 +43,17 @@ class OnlineFeatures:
     def score_matrix(self, txs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """``score_many`` as an (n, features) array in spec order, computed for the whole batch at once
         (``ml.features.batch``). Transactions out of time order are applied one by one instead."""
-        events = [tx_event(tx) for tx in txs]
+        return self.score_events([tx_event(tx) for tx in txs])
+
+    def score_events(self, events: Sequence[TxEvent], per_tx_below: int | None = None) -> np.ndarray:
+        """``score_matrix`` for transactions already normalised (``tx_event``); ``per_tx_below`` as in
+        ``compute_batch``."""
         if any(a.t_us > b.t_us for a, b in zip(events, events[1:], strict=False)):
-            return np.array([self.vector(f) for f in self.score_many(txs)]).reshape(len(txs), -1)
+            states = self.store.apply(events, write=True, read=True)
+            return np.array([self.vector(compute_features(ev, st or {}))
+                             for ev, st in zip(events, states, strict=True)]).reshape(len(events), -1)
         step = getattr(self.store, "max_call_txs", None) or max(len(events), 1)
-        parts = [compute_batch(chunk, self.store.apply_columns(chunk))
+        parts = [compute_batch(chunk, self.store.apply_columns(chunk), per_tx_below)
                  for chunk in (events[i:i + step] for i in range(0, len(events), step))]
         return np.vstack(parts) if parts else np.empty((0, len(FEATURE_NAMES)))
 

@@ -15,12 +15,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 
 import duckdb
 
 from ml.features.online import WINDOW_ENTITIES, TxEvent, compute_features, to_us
 from ml.features.spec import FEATURE_NAMES
+from streaming.online_features import OnlineFeatures
 from streaming.online_store import Label, OnlineStore
 
 REL_TOL = ABS_TOL = 1e-9
@@ -82,8 +84,12 @@ def _events(rows, label_until: datetime | None) -> list[tuple[tuple, TxEvent | L
 
 
 def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None = None,
-                  limit: int | None = None, backend: str | None = None) -> ParityReport:
-    """Replay and compare. ``days``: compare the last N days (None: all); ``limit``: at most N compared."""
+                  limit: int | None = None, backend: str | None = None, batched: bool = True) -> ParityReport:
+    """Replay and compare. ``days``: compare the last N days (None: all); ``limit``: at most N compared.
+
+    ``batched``: the scoring service's path (each run of transactions between labels recorded in one call
+    and computed at once, ``ml.features.batch``); else the stream worker's (``compute_features`` per
+    transaction on the states the store returns)."""
     assert set(WINDOW_ENTITIES) == {"customer_id", "terminal_id"}, "parity replay reads these entity columns"
     t0 = time.perf_counter()
     report = ParityReport(backend=backend or type(store).__name__)
@@ -110,13 +116,28 @@ def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None 
     by_feature: Counter[str] = Counter()
     pending: list[TxEvent | Label] = []
 
+    online = OnlineFeatures(store)
+
     def flush(read: bool) -> None:
         if not pending:
             return
-        results = store.process(pending, write=True, read=read)
-        for ev, res in zip(pending, results, strict=True):
-            if isinstance(ev, TxEvent) and ev.transaction_id in wanted:
-                _compare(ev, compute_features(ev, res or {}), dbt.get(ev.transaction_id), report, by_feature)
+        if read and batched:
+            for is_tx, run in groupby(pending, key=lambda ev: isinstance(ev, TxEvent)):
+                events = list(run)
+                if not is_tx:
+                    store.process(events)
+                    continue
+                # numpy even for one transaction: the per-transaction code is the worker path's to prove
+                for ev, row in zip(events, online.score_events(events, per_tx_below=0), strict=True):
+                    if ev.transaction_id in wanted:
+                        feats = dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
+                        _compare(ev, feats, dbt.get(ev.transaction_id), report, by_feature)
+        else:
+            results = store.process(pending, write=True, read=read)
+            for ev, res in zip(pending, results, strict=True):
+                if isinstance(ev, TxEvent) and ev.transaction_id in wanted:
+                    feats = compute_features(ev, res or {})
+                    _compare(ev, feats, dbt.get(ev.transaction_id), report, by_feature)
         report.events += len(pending)
         pending.clear()
 

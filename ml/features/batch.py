@@ -65,10 +65,11 @@ class BatchColumns:
     entities: list[EntityColumns]
 
 
-def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns) -> np.ndarray:
-    """Every spec feature of every transaction as of its time: an (n, features) array in spec order."""
+def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns, per_tx_below: int | None = None) -> np.ndarray:
+    """Every spec feature of every transaction as of its time: an (n, features) array in spec order.
+    Fewer than ``per_tx_below`` transactions (default ``PER_TX_BELOW``) go one by one."""
     n = len(txs)
-    if n < PER_TX_BELOW:  # numpy's fixed cost per call (~30 array operations) outweighs a few loops
+    if n < (PER_TX_BELOW if per_tx_below is None else per_tx_below):  # numpy's fixed cost is larger
         out = np.empty((n, len(FEATURE_NAMES)))
         for k in range(n):
             feats = compute_features(txs[k], states_of(txs, k, cols))

@@ -1,9 +1,11 @@
 """Serving stage: prove the online features equal dbt's training features (no training/serving skew).
 
 Two asset checks on ``fct_transaction_features`` replay the last ``FRAUD_PARITY_DAYS`` days (default 3,
-after a warm-up of the longest lookback) of transactions and labels through the online path, once per
+after a warm-up of the longest lookback) of transactions and labels through the scoring service's online
+path (each run of transactions recorded in one store call, its features computed with numpy), once per
 online-store backend, and compare every feature of every replayed transaction with the dbt row. Any
 difference fails the check; so does an unreachable Redis (a check that cannot run has not proven parity).
+The stream worker's path (one transaction at a time) is proven the same way by ``tests/test_parity.py``.
 """
 
 import os
