@@ -67,9 +67,10 @@ class OnlineStore(ABC):
         return self.process(labels)
 
     @abstractmethod
-    def apply_columns(self, txs: Sequence[TxEvent]) -> BatchColumns:
-        """Record transactions given in time order (idempotent by id) and return, per entity they touch,
-        its transactions and known frauds as columns after the recording (``ml.features.batch``)."""
+    def apply_columns(self, txs: Sequence[TxEvent], write: bool = True) -> BatchColumns:
+        """Record transactions given in time order (idempotent by id; nothing if not ``write``) and return,
+        per entity they touch, its transactions and known frauds as columns after the recording
+        (``ml.features.batch``)."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -118,11 +119,11 @@ class MemoryStore(OnlineStore):
                 out.append(self._read(ev) if read else None)
         return out
 
-    def apply_columns(self, txs: Sequence[TxEvent]) -> BatchColumns:
+    def apply_columns(self, txs: Sequence[TxEvent], write: bool = True) -> BatchColumns:
         with self._lock:
             new = np.zeros(len(txs), bool)
             for k, tx in enumerate(txs):
-                if tx.transaction_id not in self._txs:
+                if write and tx.transaction_id not in self._txs:
                     self._insert(tx, prune=False)  # pruned after the reads: earlier ones still need it
                     new[k] = True
             index: dict[tuple[str, str], int] = {}
