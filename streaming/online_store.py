@@ -9,7 +9,7 @@ Redis layout (prefix ``fraud:`` by default): ``{p}h:{entity}:{id}`` sorted set o
 by time (µs), ``{p}f:{entity}:{id}`` sorted set of ``txid|label_time_us`` scored by tx time,
 ``{p}v:{entity}:{id}`` the version token of the history set, ``{p}t:{txid}`` string "time, label time, fraud
 keys" that expires after ``tx_ttl_s``. Scoring is one Lua call per batch (atomic: several service
-replicas can share one Redis).
+replicas can share one Redis). Needs Redis 6.2 or newer (``SET ... GET``).
 """
 
 from __future__ import annotations
