@@ -498,17 +498,14 @@ class RedisStore(OnlineStore):
         return BatchColumns(new=new, slots=slots, entities=entities)
 
     def _parse(self, reply: list) -> dict[str, EntityState]:
+        """A per-transaction script reply (history window, fraud window per entity) -> entity states."""
         states = {}
         for i, e in enumerate(self._entity_order):
-            hist = reply[1 + 2 * i].split(SEP) if reply[1 + 2 * i] else []
-            frauds = reply[2 + 2 * i].split(SEP) if reply[2 + 2 * i] else []
-            history = []
-            for member, score in zip(hist[0::2], hist[1::2], strict=True):
-                txid, amount = member.rsplit("|", 1)
-                history.append((int(score), txid, float(amount)))
-            known = [(int(score), int(member.rsplit("|", 1)[1]))
-                     for member, score in zip(frauds[0::2], frauds[1::2], strict=True)]
-            states[e] = EntityState(history=history, frauds=known)
+            h = _parse_history(reply[1 + 2 * i])
+            fraud_times, fraud_labels = _parse_frauds(reply[2 + 2 * i])
+            frauds = list(zip(fraud_times.tolist(), fraud_labels.tolist(), strict=True))
+            history = (h.times.tolist(), list(h.ids), h.amounts.tolist())
+            states[e] = EntityState(columns=history, frauds=frauds)
         return states
 
     def close(self) -> None:
@@ -521,8 +518,8 @@ def _check_id(tx: TxEvent) -> None:
 
 
 def _parse_history(history: str) -> EntityColumns:
-    """A whole history set ("member SEP score SEP ...", members "txid|amount"; the txid may hold '|', the
-    amount not) -> columns (no frauds: the copy keeps the history only)."""
+    """A history set or window ("member SEP score SEP ...", members "txid|amount"; the txid may hold '|',
+    the amount not) -> columns, without frauds."""
     parts = history.split(SEP) if history else []
     members = [m.rpartition("|") for m in parts[0::2]]
     return EntityColumns(times=np.array(parts[1::2], dtype=np.int64),
