@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
+from ml.features.online import WINDOW_ENTITIES, TxEvent, to_us
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_BATCH = 10_000  # transactions per /score_batch request (larger requests get HTTP 400)
 
@@ -40,13 +42,13 @@ class Transaction(BaseModel):
                 raise ValueError("must not contain control characters")
         return v
 
-    def as_event(self) -> dict[str, Any]:
+    def as_event(self) -> TxEvent:
+        """The normalised event the online features take (``ml.features.online.tx_event``, without a dict)."""
         t = self.tx_datetime
         if t.tzinfo is not None:
             t = t.astimezone(UTC).replace(tzinfo=None)
-        return {"transaction_id": str(self.transaction_id), "tx_datetime": t,
-                "customer_id": str(self.customer_id), "terminal_id": str(self.terminal_id),
-                "tx_amount": float(self.tx_amount)}
+        entities = {e: str(getattr(self, e)) for e in WINDOW_ENTITIES}
+        return TxEvent(str(self.transaction_id), to_us(t), entities, float(self.tx_amount), t)
 
 
 class Reason(BaseModel):

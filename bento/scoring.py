@@ -16,15 +16,15 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from bento.champion import Champion, latest_tag, load_champion
 from bento.online_model import RiverWatcher, river_opinion
-from bento.schemas import Reason, ScoreResult
-from ml.features.online import compute_features, tx_event
+from bento.schemas import ScoreResult
+from ml.features.online import TxEvent, compute_features, tx_event
 from ml.features.spec import FEATURE_NAMES
 from ml.settings import Settings, get_settings
 from streaming.online_features import OnlineFeatures
@@ -88,40 +88,42 @@ class Scorer:
         return True, f"ready: model {self.champion.tag}, store {type(self.store).__name__}"
 
     # -- scoring ---------------------------------------------------------------------------------------
-    def score(self, txs: Sequence[dict[str, Any]], reasons: bool = True) -> list[ScoreResult]:
+    def score(self, txs: Sequence[Mapping[str, Any] | TxEvent], reasons: bool = True) -> list[ScoreResult]:
         """Score transactions (each applied to the online state). Raises StoreUnavailable (fail-closed)."""
         champ = self.champion
         if champ is None:
             raise ModelNotLoaded(f"no champion loaded: {self.load_error}")
+        events = [tx_event(tx) for tx in txs]
         degraded = False
         try:
-            spec_x = self.features.score_matrix(txs)
+            spec_x = self.features.score_events(events)
         except StoreUnavailable:
             if self.policy == "closed":
                 raise
             degraded = True  # fail-open: the transaction alone, as for a customer/terminal never seen
             spec_x = np.array([[f[n] for n in FEATURE_NAMES] for f in
-                               (compute_features(tx_event(tx), {}) for tx in txs)]).reshape(len(txs), -1)
+                               (compute_features(ev, {}) for ev in events)]).reshape(len(events), -1)
         x = spec_x if champ.columns is None else spec_x[:, champ.columns]
         proba, contribs = champ.predict_explain(x) if reasons else (champ.predict(x), None)
+        decline = proba >= champ.threshold
         river = self.river.model
         out = []
-        for i, tx in enumerate(txs):
-            p = float(proba[i])
+        for i, (ev, p, d) in enumerate(zip(events, proba.tolist(), decline.tolist(), strict=True)):
             opinion = river_opinion(river, dict(zip(FEATURE_NAMES, spec_x[i].tolist(), strict=True))) \
                 if river is not None else None
-            out.append(ScoreResult.model_construct(  # built from checked values: no validation per result
-                transaction_id=str(tx["transaction_id"]), fraud_probability=p,
-                decision="decline" if p >= champ.threshold else "approve", threshold=champ.threshold,
-                model_tag=champ.tag,
-                reasons=self._reasons(champ, x[i], contribs[i]) if contribs is not None else [],
-                online_model_probability=opinion, degraded=degraded))
+            # model_validate (pydantic-core) of a dict: twice as fast as model_construct, and checked.
+            out.append(ScoreResult.model_validate({
+                "transaction_id": ev.transaction_id, "fraud_probability": p,
+                "decision": "decline" if d else "approve", "threshold": champ.threshold,
+                "model_tag": champ.tag,
+                "reasons": self._reasons(champ, x[i], contribs[i]) if contribs is not None else [],
+                "online_model_probability": opinion, "degraded": degraded}))
         return out
 
-    def _reasons(self, champ: Champion, row: np.ndarray, contrib: np.ndarray) -> list[Reason]:
-        top = np.argsort(-contrib, kind="stable")[: self.n_reasons]
-        return [Reason.model_construct(feature=champ.feature_names[j], value=float(row[j]),
-                                       contribution=float(contrib[j]))
+    def _reasons(self, champ: Champion, row: np.ndarray, contrib: np.ndarray) -> list[dict[str, Any]]:
+        top = np.argsort(-contrib, kind="stable")[: self.n_reasons].tolist()
+        values, contribs = row.tolist(), contrib.tolist()
+        return [{"feature": champ.feature_names[j], "value": values[j], "contribution": contribs[j]}
                 for j in top]
 
 

@@ -19,7 +19,6 @@ import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from ml.features.batch import EMPTY as EMPTY_COLUMNS
 from ml.features.batch import BatchColumns, EntityColumns, states_of
 from ml.features.online import FRAUD_ENTITIES, WINDOW_ENTITIES, EntityState, TxEvent, to_us
+from streaming.history_buffer import HistoryBuffer
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class OnlineStore(ABC):
 
 @dataclass
 class _Entity:
-    history: list[tuple[int, str, float]] = field(default_factory=list)
+    history: HistoryBuffer = field(default_factory=HistoryBuffer)
     frauds: dict[str, tuple[int, int]] = field(default_factory=dict)  # txid -> (tx time, label time)
 
 
@@ -137,12 +137,9 @@ class MemoryStore(OnlineStore):
                 if ent is None:
                     entities.append(EMPTY_COLUMNS)
                     continue
-                hist, frauds = ent.history, list(ent.frauds.values())
-                entities.append(EntityColumns(
-                    np.fromiter((h[0] for h in hist), np.int64, len(hist)),
-                    np.fromiter((h[2] for h in hist), np.float64, len(hist)), [h[1] for h in hist],
-                    np.fromiter((f[0] for f in frauds), np.int64, len(frauds)),
-                    np.fromiter((f[1] for f in frauds), np.int64, len(frauds))))
+                times, amounts, ids = ent.history.columns()
+                fraud_times, fraud_labels = _fraud_columns(ent.frauds)
+                entities.append(EntityColumns(times, amounts, ids, fraud_times, fraud_labels))
             for tx in (tx for k, tx in enumerate(txs) if new[k]):
                 self._prune(tx)
         return BatchColumns(new=new, slots=slots, entities=entities)
@@ -153,8 +150,8 @@ class MemoryStore(OnlineStore):
         self._latest_us = max(self._latest_us, tx.t_us)
         for e, eid in tx.entities.items():
             if e in self.lookback_us:
-                insort(self._entities.setdefault((e, eid), _Entity()).history,
-                       (tx.t_us, tx.transaction_id, tx.amount))
+                self._entities.setdefault((e, eid), _Entity()).history.add(
+                    tx.t_us, tx.amount, tx.transaction_id)
         if prune:
             self._prune(tx)
 
@@ -165,8 +162,8 @@ class MemoryStore(OnlineStore):
             if ent is None or e not in self.lookback_us:
                 continue
             lo = tx.t_us - self.lookback_us[e]
-            if ent.history[0][0] < lo:
-                del ent.history[:bisect_left(ent.history, (lo,))]
+            if ent.history.oldest() < lo:
+                ent.history.prune(lo)
                 for k in [k for k, (ft, _) in ent.frauds.items() if ft < lo]:
                     del ent.frauds[k]
         # Labels for transactions older than every lookback cannot change a feature: forget them.
@@ -183,8 +180,9 @@ class MemoryStore(OnlineStore):
                 states[e] = EntityState()
                 continue
             lo, hi = tx.t_us - self.lookback_us[e], tx.t_us
-            i, j = bisect_left(ent.history, (lo,)), bisect_left(ent.history, (hi + 1,))
-            states[e] = EntityState(history=ent.history[i:j],
+            times, amounts, ids = ent.history.columns()
+            i, j = np.searchsorted(times, lo, "left"), np.searchsorted(times, hi, "right")
+            states[e] = EntityState(columns=(times[i:j].tolist(), ids[i:j].tolist(), amounts[i:j].tolist()),
                                     frauds=[v for v in ent.frauds.values() if lo <= v[0] <= hi])
         return states
 
@@ -326,7 +324,7 @@ return 1
 @dataclass
 class _Cached:
     token: str
-    columns: EntityColumns
+    history: HistoryBuffer
 
 
 class RedisStore(OnlineStore):
@@ -466,7 +464,7 @@ class RedisStore(OnlineStore):
         for (e, eid), latest in zip(index, newest, strict=True):
             held = cache.get((e, eid))
             bound = latest - lookback[e] if write else None
-            if bound is not None and held is not None and _oldest(held.columns) >= bound:
+            if bound is not None and held is not None and held.history.oldest() >= bound:
                 bound = None  # our copy says nothing is old enough (if the copy is stale, Redis keeps more)
             bounds.append(bound)
             ent_args += [held.token if held else "", "" if bound is None else str(bound),
@@ -483,13 +481,17 @@ class RedisStore(OnlineStore):
         for u, key in enumerate(index):
             version, hist, frauds = reply[1 + 3 * u], reply[2 + 3 * u], reply[3 + 3 * u]
             if hist == "=":  # our copy is what Redis held before the call: add the call's own records
-                cols = _with(cache[key].columns, added.get(u, []))
+                buffer = cache[key].history
+                for tx in added.get(u, ()):
+                    buffer.add(tx.t_us, tx.amount, tx.transaction_id)
             else:
-                cols = _parse_history(hist)
+                buffer = HistoryBuffer(*_parse_history(hist))
             fraud_times, fraud_labels = _parse_frauds(frauds)
-            entities.append(EntityColumns(cols.times, cols.amounts, cols.ids, fraud_times, fraud_labels))
+            entities.append(EntityColumns(*buffer.columns(), fraud_times, fraud_labels))  # views
             if version and self.cache_entities > 0:  # keep what Redis holds after the call
-                cache[key] = _Cached(version, _history(cols, bounds[u]))
+                if bounds[u] is not None:
+                    buffer.prune(bounds[u])
+                cache[key] = _Cached(version, buffer)
                 cache.move_to_end(key)
             else:
                 cache.pop(key, None)
@@ -501,10 +503,10 @@ class RedisStore(OnlineStore):
         """A per-transaction script reply (history window, fraud window per entity) -> entity states."""
         states = {}
         for i, e in enumerate(self._entity_order):
-            h = _parse_history(reply[1 + 2 * i])
+            times, amounts, ids = _parse_history(reply[1 + 2 * i])
             fraud_times, fraud_labels = _parse_frauds(reply[2 + 2 * i])
             frauds = list(zip(fraud_times.tolist(), fraud_labels.tolist(), strict=True))
-            history = (h.times.tolist(), list(h.ids), h.amounts.tolist())
+            history = (times.tolist(), ids.tolist(), amounts.tolist())
             states[e] = EntityState(columns=history, frauds=frauds)
         return states
 
@@ -517,14 +519,14 @@ def _check_id(tx: TxEvent) -> None:
         raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
 
 
-def _parse_history(history: str) -> EntityColumns:
+def _parse_history(history: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A history set or window ("member SEP score SEP ...", members "txid|amount"; the txid may hold '|',
-    the amount not) -> columns, without frauds."""
+    the amount not) -> (times, amounts, ids) columns."""
     parts = history.split(SEP) if history else []
     members = [m.rpartition("|") for m in parts[0::2]]
-    return EntityColumns(times=np.array(parts[1::2], dtype=np.int64),
-                         amounts=np.array([m[2] for m in members], dtype=np.float64),
-                         ids=[m[0] for m in members], fraud_times=_NO_TIMES, fraud_labels=_NO_TIMES)
+    ids = np.empty(len(members), object)
+    ids[:] = [m[0] for m in members]
+    return (np.array(parts[1::2], dtype=np.int64), np.array([m[2] for m in members], dtype=np.float64), ids)
 
 
 def _parse_frauds(frauds: str) -> tuple[np.ndarray, np.ndarray]:
@@ -539,27 +541,12 @@ def _parse_frauds(frauds: str) -> tuple[np.ndarray, np.ndarray]:
 _NO_TIMES = np.empty(0, np.int64)
 
 
-def _with(cols: EntityColumns, txs: list[TxEvent]) -> EntityColumns:
-    """``cols`` with these transactions recorded (kept sorted by time, as Redis' sorted set is)."""
-    if not txs:
-        return cols
-    times = np.concatenate([cols.times, [tx.t_us for tx in txs]]).astype(np.int64, copy=False)
-    amounts = np.concatenate([cols.amounts, [tx.amount for tx in txs]])
-    ids = [*cols.ids, *(tx.transaction_id for tx in txs)]
-    if len(cols.times) and txs[0].t_us < cols.times[-1]:  # a late transaction: not an append
-        order = np.argsort(times, kind="stable")
-        times, amounts, ids = times[order], amounts[order], [ids[i] for i in order]
-    return EntityColumns(times, amounts, ids, cols.fraud_times, cols.fraud_labels)
-
-
-def _oldest(cols: EntityColumns) -> int:
-    return int(cols.times[0]) if len(cols.times) else 2**62
-
-
-def _history(cols: EntityColumns, lo: int | None) -> EntityColumns:
-    """The history Redis keeps after ``ZREMRANGEBYSCORE -inf (lo`` (None: no pruning), frauds left out."""
-    i = 0 if lo is None else int(np.searchsorted(cols.times, lo, "left"))
-    return EntityColumns(cols.times[i:], cols.amounts[i:], cols.ids[i:], _NO_TIMES, _NO_TIMES)
+def _fraud_columns(frauds: dict[str, tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The in-process store's known frauds (txid -> (tx time, label time)) as (tx times, label times)."""
+    if not frauds:
+        return _NO_TIMES, _NO_TIMES
+    pairs = np.array(list(frauds.values()), np.int64)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def _chunks(items: list, n: int):

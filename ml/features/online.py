@@ -73,8 +73,10 @@ class TxEvent(NamedTuple):  # a tuple: built per scored transaction, ~5x cheaper
     tx_datetime: datetime
 
 
-def tx_event(tx: Mapping[str, Any]) -> TxEvent:
+def tx_event(tx: Mapping[str, Any] | TxEvent) -> TxEvent:
     """A transaction dict (contract keys) -> the normalised event the stores and the computation use."""
+    if isinstance(tx, TxEvent):
+        return tx
     t = tx["tx_datetime"]
     if isinstance(t, str):
         t = datetime.fromisoformat(t)
