@@ -5,8 +5,8 @@ amount) and, for entities with a fraud-rate feature, its known frauds (tx time, 
 transaction id: its time and entities, so that a later label can find them. Writes are idempotent by
 transaction id, so a retried event does not double count.
 
-Redis layout (prefix ``fraud:`` by default): ``{p}h:{entity}:{id}`` sorted set of ``txid|amount`` scored
-by time (µs), ``{p}f:{entity}:{id}`` sorted set of ``txid|label_time_us`` scored by tx time,
+Redis layout (prefix ``fraud:`` by default): ``{p}h:{entity}:{id}`` list of ``time|amount|txid`` (time in
+µs, in arrival order), ``{p}f:{entity}:{id}`` sorted set of ``txid|label_time_us`` scored by tx time,
 ``{p}v:{entity}:{id}`` the version token of the history set, ``{p}t:{txid}`` string "time, label time, fraud
 keys" that expires after ``tx_ttl_s``. Scoring is one Lua call per batch (atomic: several service
 replicas can share one Redis). Needs Redis 6.2 or newer (``SET ... GET``).
@@ -203,38 +203,58 @@ class MemoryStore(OnlineStore):
 
 
 # Transaction records: ``{p}t:{txid}`` string "time\nlabel time\nfraud key\n..." (label time '' until a
-# label), set once (SET NX: idempotent by id) with a TTL. Version keys: ``{p}v:{entity}:{id}`` names the
-# entity's state (history and fraud sets); every script that changes them sets a new token or deletes the
-# key, so a client holding a copy tagged with the token it read knows whether the copy is still exact.
-_RECORD = """
-local function record(key, t, fraud_keys, ttl)
-  local value = t .. '\\n\\n' .. fraud_keys
+# label), set once (SET NX: idempotent by id) with a TTL. Histories: ``{p}h:{entity}:{id}`` lists of
+# "time|amount|txid", appended as recorded (RPUSH: O(1), where a sorted-set insert scans its listpack) and
+# pruned from the head; readers sort by time, so a late transaction may sit after later ones. Version keys:
+# ``{p}v:{entity}:{id}`` names the entity's state (history and fraud sets); every script that changes them
+# sets a new token or deletes the key, so a client holding a copy tagged with the token it read knows
+# whether the copy is still exact.
+_HELPERS = """
+local function record(key, value, ttl)
   if ttl > 0 then return redis.call('SET', key, value, 'NX', 'EX', ttl) and 1 or 0 end
   return redis.call('SET', key, value, 'NX') and 1 or 0
 end
+local function push(key, list, first, last)
+  for s = first, last, 4000 do redis.call('RPUSH', key, unpack(list, s, math.min(s + 3999, last))) end
+end
+-- Entries with time < bound leave the history's head (a late entry behind a newer one goes with it), and
+-- known frauds with tx time < bound leave the fraud set.
+local function prune(hk, fk, bound)
+  local b = tonumber(bound)
+  while true do
+    local heads = redis.call('LRANGE', hk, 0, 15)
+    local k = 0
+    for _, e in ipairs(heads) do
+      if tonumber(string.match(e, '^(-?%d+)')) < b then k = k + 1 else break end
+    end
+    if k > 0 then redis.call('LPOP', hk, k) end
+    if k < 16 then break end
+  end
+  redis.call('ZREMRANGEBYSCORE', fk, '-inf', '(' .. bound)
+end
 """
 
-# One call per transaction: record it once, prune by event time, read the windows. Each window comes back
-# as one string (members and scores joined by SEP): a client parses one string, not hundreds of elements.
+# One call per transaction: record it once, prune by event time, read the state. The history comes back
+# whole (the caller cuts the window), the frauds as the window; each as one string joined by SEP: a client
+# parses one string, not hundreds of elements.
 # KEYS: tx key, then per entity: history key, fraud key, version key.  ARGV: txid, t_us, ttl_s, write, read,
-# fraud keys ("\n"-joined), then per entity: member, lower bound, prune bound ("(lo").
-_APPLY_LUA = _RECORD + """
+# record value, then per entity: member, lower bound (entries older go; the window starts there).
+_APPLY_LUA = _HELPERS + """
 local t = ARGV[2]
 local isnew = 0
-if ARGV[4] == '1' then isnew = record(KEYS[1], t, ARGV[6], tonumber(ARGV[3])) end
+if ARGV[4] == '1' then isnew = record(KEYS[1], ARGV[6], tonumber(ARGV[3])) end
 local out = {isnew}
 local n = (#KEYS - 1) / 3
 for i = 1, n do
   local hk, fk = KEYS[3 * i - 1], KEYS[3 * i]
-  local member, lo, prune = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  local member, lo = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   if isnew == 1 then
-    redis.call('ZADD', hk, t, member)
-    redis.call('ZREMRANGEBYSCORE', hk, '-inf', prune)
-    redis.call('ZREMRANGEBYSCORE', fk, '-inf', prune)
+    redis.call('RPUSH', hk, member)
+    prune(hk, fk, lo)
     redis.call('DEL', KEYS[3 * i + 1])
   end
   if ARGV[5] == '1' then
-    out[#out + 1] = table.concat(redis.call('ZRANGEBYSCORE', hk, lo, t, 'WITHSCORES'), '\\31')
+    out[#out + 1] = table.concat(redis.call('LRANGE', hk, 0, -1), '\\31')
     out[#out + 1] = table.concat(redis.call('ZRANGEBYSCORE', fk, lo, t, 'WITHSCORES'), '\\31')
   end
 end
@@ -247,40 +267,28 @@ return out
 # never cached), then the pruning the caller asks for (it knows from its copy whether anything is old
 # enough; without a current copy it always asks).
 # KEYS: tx keys (n), then per entity: history key, fraud key, version key.
-# ARGV: ttl_s, n, number of entities m, entities per tx, new token, write; per entity: the caller's token
-# ('' if none), prune bound ('' for none: entries and frauds with time < bound go), 1 if its fraud set is
-# read; per tx: t_us, fraud keys ("\n"-joined), member, then per entity of the tx: entity index (1-based).
+# ARGV: ttl_s, n, number of entities m, new token, write; per tx: record value; per entity: the caller's
+# token ('' if none), prune bound ('' for none), 1 if its fraud set is read, the number c of its members in
+# the call, the c transaction indices (1-based) they belong to, the c members (in time order).
 # Returns: the new-record flags ("0"/"1" per tx), then per entity: token, history or "=", frauds.
-_COLUMNS_LUA = _RECORD + """
-local ttl, n, m, ne = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local token, write = ARGV[5], ARGV[6] == '1'
-local base, stride = 6 + 3 * m, 3 + ne
-local function whole(key)
-  return table.concat(redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'), '\\31')
-end
-local flags, adds = {}, {}
+_COLUMNS_LUA = _HELPERS + """
+local ttl, n, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local token, write = ARGV[4], ARGV[5] == '1'
+local flags, allnew = {}, true
 for i = 1, n do
-  local a = base + (i - 1) * stride
-  local t = ARGV[a + 1]
   local isnew = 0
-  if write then isnew = record(KEYS[i], t, ARGV[a + 2], ttl) end
-  if isnew == 1 then
-    local member = ARGV[a + 3]
-    for j = 1, ne do
-      local u = tonumber(ARGV[a + 3 + j])
-      local list = adds[u]
-      if not list then list = {}; adds[u] = list end
-      list[#list + 1] = t
-      list[#list + 1] = member
-    end
-  end
+  if write then isnew = record(KEYS[i], ARGV[5 + i], ttl) end
+  if isnew == 0 then allnew = false end
   flags[i] = isnew
 end
 local out = {table.concat(flags)}
+local a = 6 + n
 for u = 1, m do
   local hk, fk, vk = KEYS[n + 3 * u - 2], KEYS[n + 3 * u - 1], KEYS[n + 3 * u]
-  local cached, prune = ARGV[4 + 3 * u], ARGV[5 + 3 * u]
-  local list, version, before = adds[u], nil, nil
+  local cached, bound, readf, c = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local idx, mem = a + 4, a + 4 + c
+  a = mem + c
+  local before, version
   if write then  -- a new token for every entity of the batch: one call gives the old one too
     before = redis.call('SET', vk, token, 'GET')
     version = token
@@ -288,20 +296,23 @@ for u = 1, m do
     before = redis.call('GET', vk)
     version = before or ''
   end
-  if list then
-    for s = 1, #list, 4000 do redis.call('ZADD', hk, unpack(list, s, math.min(s + 3999, #list))) end
+  if c > 0 and allnew then  -- the usual case: the members are one ARGV range
+    push(hk, ARGV, mem, mem + c - 1)
+  elseif c > 0 then  -- re-deliveries in the call: only the new transactions' members
+    local list = {}
+    for j = 0, c - 1 do
+      if flags[tonumber(ARGV[idx + j])] == 1 then list[#list + 1] = ARGV[mem + j] end
+    end
+    if #list > 0 then push(hk, list, 1, #list) end
   end
   out[#out + 1] = version
   if cached ~= '' and before == cached then
     out[#out + 1] = '='
   else
-    out[#out + 1] = whole(hk)
+    out[#out + 1] = table.concat(redis.call('LRANGE', hk, 0, -1), '\\31')
   end
-  out[#out + 1] = ARGV[6 + 3 * u] == '1' and whole(fk) or ''
-  if prune ~= '' then
-    redis.call('ZREMRANGEBYSCORE', hk, '-inf', '(' .. prune)
-    redis.call('ZREMRANGEBYSCORE', fk, '-inf', '(' .. prune)
-  end
+  out[#out + 1] = readf == '1' and table.concat(redis.call('ZRANGE', fk, 0, -1, 'WITHSCORES'), '\\31') or ''
+  if bound ~= '' then prune(hk, fk, bound) end
 end
 return out
 """
@@ -388,15 +399,15 @@ class RedisStore(OnlineStore):
         keys = [f"{self.prefix}t:{tx.transaction_id}"]
         member_args: list[str] = []
         fraud_keys = []
+        member = _member(tx)
         for e in self._entity_order:
             eid = tx.entities[e]
             keys += [self._key("h", e, eid), self._key("f", e, eid), self._key("v", e, eid)]
             if e in self.fraud_entities:
                 fraud_keys.append(self._key("f", e, eid))
-            lo = tx.t_us - self.lookback_us[e]
-            member_args += [f"{tx.transaction_id}|{tx.amount!r}", str(lo), f"({lo}"]
+            member_args += [member, str(tx.t_us - self.lookback_us[e])]
         argv = [tx.transaction_id, str(tx.t_us), str(self.tx_ttl_s), "1" if write else "0",
-                "1" if read else "0", "\n".join(fraud_keys)] + member_args
+                "1" if read else "0", _record(tx, fraud_keys)] + member_args
         return keys, argv
 
     def process(self, events, write=True, read=True):
@@ -419,7 +430,7 @@ class RedisStore(OnlineStore):
             return pipe.execute() if events else []
 
         replies = self._call(run)
-        return [bool(r) if isinstance(ev, Label) else (self._parse(r) if read else None)
+        return [bool(r) if isinstance(ev, Label) else (self._parse(ev, r) if read else None)
                 for ev, r in zip(events, replies, strict=True)]
 
     def _process_many(self, txs: list[TxEvent], write: bool, read: bool) -> list:
@@ -432,81 +443,97 @@ class RedisStore(OnlineStore):
             return self._apply_columns(txs, write)
 
     def _apply_columns(self, txs: Sequence[TxEvent], write: bool) -> BatchColumns:
-        order, lookback, cache = self._entity_order, self.lookback_us, self._cache
+        order, lookback, cache, prefix = self._entity_order, self.lookback_us, self._cache, self.prefix
         n = len(txs)
+        ids = [tx.transaction_id for tx in txs]
+        if SEP in "".join(ids):
+            raise ValueError(f"a transaction_id contains the control character \\x1f: {ids}")
         index: dict[tuple[str, str], int] = {}  # (entity, id) -> 0-based position in the call
         newest: list[int] = []  # per entity: its latest transaction in the batch
-        slots = {e: np.empty(n, np.int64) for e in order}
-        keys = [f"{self.prefix}t:{tx.transaction_id}" for tx in txs]
+        rows: list[list[int]] = []  # per entity: the call's transactions of it (positions, in order)
+        slots: dict[str, list[int]] = {e: [] for e in order}
         ent_keys: list[str] = []
-        tx_args: list[str] = []
+        records: list[str] = []
         fraud = [e in self.fraud_entities for e in order]
         for k, tx in enumerate(txs):
-            _check_id(tx)
             t = tx.t_us
-            positions, fraud_keys = [], []
+            fraud_keys = []
             for e, is_fraud in zip(order, fraud, strict=True):
                 eid = tx.entities[e]
                 u = index.get((e, eid))
                 if u is None:
                     u = index[(e, eid)] = len(newest)
-                    ent_keys += [self._key("h", e, eid), self._key("f", e, eid), self._key("v", e, eid)]
+                    ent_keys += [f"{prefix}h:{e}:{eid}", f"{prefix}f:{e}:{eid}", f"{prefix}v:{e}:{eid}"]
                     newest.append(t)
-                elif t > newest[u]:
-                    newest[u] = t
-                slots[e][k] = u
+                    rows.append([k])
+                else:
+                    rows[u].append(k)
+                    if t > newest[u]:
+                        newest[u] = t
+                slots[e].append(u)
                 if is_fraud:
                     fraud_keys.append(ent_keys[3 * u + 1])
-                positions.append(str(u + 1))
-            tx_args += [str(t), "\n".join(fraud_keys), f"{tx.transaction_id}|{tx.amount!r}", *positions]
+            records.append(f"{t}\n\n" + "\n".join(fraud_keys))  # as _record writes it
+        members = [_member(tx) for tx in txs] if write else []
+        labels = [str(k + 1) for k in range(n)]
         ent_args: list[str] = []
         bounds: list[int | None] = []
-        for (e, eid), latest in zip(index, newest, strict=True):
+        for u, ((e, eid), latest) in enumerate(zip(index, newest, strict=True)):
             held = cache.get((e, eid))
             bound = latest - lookback[e] if write else None
             if bound is not None and held is not None and held.history.oldest() >= bound:
                 bound = None  # our copy says nothing is old enough (if the copy is stale, Redis keeps more)
             bounds.append(bound)
+            mine = rows[u] if write else []
             ent_args += [held.token if held else "", "" if bound is None else str(bound),
-                         "1" if e in self.fraud_entities else "0"]
+                         "1" if e in self.fraud_entities else "0", str(len(mine))]
+            ent_args += [labels[k] for k in mine]
+            ent_args += [members[k] for k in mine]
         token = f"{self._token_base}:{next(self._tokens)}"
-        argv = [str(self.tx_ttl_s), str(n), str(len(index)), str(len(order)), token, "1" if write else "0"]
-        reply = self._call(lambda: self._columns(keys=keys + ent_keys, args=argv + ent_args + tx_args))
+        argv = [str(self.tx_ttl_s), str(n), str(len(index)), token, "1" if write else "0"]
+        keys = [f"{prefix}t:{tid}" for tid in ids]
+        reply = self._call(lambda: self._columns(keys=keys + ent_keys, args=argv + records + ent_args))
         new = np.frombuffer(reply[0].encode(), np.uint8) == ord("1")
-        added: dict[int, list[TxEvent]] = {}  # entity position -> the call's new transactions of it
-        for k in np.flatnonzero(new).tolist():
-            for e in order:
-                added.setdefault(int(slots[e][k]), []).append(txs[k])
+        is_new = new.tolist()
         entities = []
         for u, key in enumerate(index):
             version, hist, frauds = reply[1 + 3 * u], reply[2 + 3 * u], reply[3 + 3 * u]
             if hist == "=":  # our copy is what Redis held before the call: add the call's own records
-                buffer = cache[key].history
-                for tx in added.get(u, ()):
-                    buffer.add(tx.t_us, tx.amount, tx.transaction_id)
+                held = cache[key]
+                buffer = held.history
+                for k in rows[u]:
+                    if is_new[k]:
+                        tx = txs[k]
+                        buffer.add(tx.t_us, tx.amount, tx.transaction_id)
             else:
-                buffer = HistoryBuffer(*_parse_history(hist))
+                held, buffer = None, HistoryBuffer(*_parse_history(hist))
             fraud_times, fraud_labels = _parse_frauds(frauds)
             entities.append(EntityColumns(*buffer.columns(), fraud_times, fraud_labels))  # views
             if version and self.cache_entities > 0:  # keep what Redis holds after the call
                 if bounds[u] is not None:
                     buffer.prune(bounds[u])
-                cache[key] = _Cached(version, buffer)
+                if held is None:
+                    cache[key] = _Cached(version, buffer)
+                else:
+                    held.token = version
                 cache.move_to_end(key)
             else:
                 cache.pop(key, None)
         while len(cache) > self.cache_entities:
             cache.popitem(last=False)
-        return BatchColumns(new=new, slots=slots, entities=entities)
+        slot_arrays = {e: np.array(s, np.int64) for e, s in slots.items()}
+        return BatchColumns(new=new, slots=slot_arrays, entities=entities)
 
-    def _parse(self, reply: list) -> dict[str, EntityState]:
-        """A per-transaction script reply (history window, fraud window per entity) -> entity states."""
+    def _parse(self, tx: TxEvent, reply: list) -> dict[str, EntityState]:
+        """A per-transaction script reply (whole history, fraud window per entity) -> entity states."""
         states = {}
         for i, e in enumerate(self._entity_order):
             times, amounts, ids = _parse_history(reply[1 + 2 * i])
+            lo = np.searchsorted(times, tx.t_us - self.lookback_us[e], "left")
+            hi = np.searchsorted(times, tx.t_us, "right")
             fraud_times, fraud_labels = _parse_frauds(reply[2 + 2 * i])
             frauds = list(zip(fraud_times.tolist(), fraud_labels.tolist(), strict=True))
-            history = (times.tolist(), ids.tolist(), amounts.tolist())
+            history = (times[lo:hi].tolist(), ids[lo:hi].tolist(), amounts[lo:hi].tolist())
             states[e] = EntityState(columns=history, frauds=frauds)
         return states
 
@@ -519,14 +546,28 @@ def _check_id(tx: TxEvent) -> None:
         raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
 
 
+def _member(tx: TxEvent) -> str:
+    """A history entry: "time|amount|txid" (the txid last, as it may hold '|')."""
+    return f"{tx.t_us}|{tx.amount!r}|{tx.transaction_id}"
+
+
+def _record(tx: TxEvent, fraud_keys: list[str]) -> str:
+    """A transaction record: time, label time ('' until labelled), the fraud sets a label goes to."""
+    return f"{tx.t_us}\n\n" + "\n".join(fraud_keys)
+
+
 def _parse_history(history: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A history set or window ("member SEP score SEP ...", members "txid|amount"; the txid may hold '|',
-    the amount not) -> (times, amounts, ids) columns."""
-    parts = history.split(SEP) if history else []
-    members = [m.rpartition("|") for m in parts[0::2]]
-    ids = np.empty(len(members), object)
-    ids[:] = [m[0] for m in members]
-    return (np.array(parts[1::2], dtype=np.int64), np.array([m[2] for m in members], dtype=np.float64), ids)
+    """A history list ("member SEP member ...", members as ``_member`` writes them) -> (times, amounts,
+    ids) columns sorted by time (arrival order among equal times)."""
+    fields = [m.split("|", 2) for m in history.split(SEP)] if history else []
+    times = np.array([f[0] for f in fields], dtype=np.int64)
+    amounts = np.array([f[1] for f in fields], dtype=np.float64)
+    ids = np.empty(len(fields), object)
+    ids[:] = [f[2] for f in fields]
+    if len(times) > 1 and (times[1:] < times[:-1]).any():  # late transactions were appended
+        order = np.argsort(times, kind="stable")
+        times, amounts, ids = times[order], amounts[order], ids[order]
+    return times, amounts, ids
 
 
 def _parse_frauds(frauds: str) -> tuple[np.ndarray, np.ndarray]:

@@ -102,10 +102,13 @@ def _redis_dump(client, prefix: str) -> dict:
     out = {}
     for key in client.scan_iter(f"{prefix}*", count=1000):
         kind = client.type(key)
-        if kind == "zset":
-            out[key[len(prefix):]] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "hash":  # values name other keys: compare them without the run's prefix
-            out[key[len(prefix):]] = {k: v.replace(prefix, "") for k, v in client.hgetall(key).items()}
+        name = key[len(prefix):]
+        if kind == "zset":  # fraud sets
+            out[name] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":  # histories
+            out[name] = client.lrange(key, 0, -1)
+        elif kind == "string" and not name.startswith("v:"):  # transaction records (version tokens differ)
+            out[name] = client.get(key).replace(prefix, "")  # they name fraud sets: compare without prefix
     return out
 
 
