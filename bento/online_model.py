@@ -8,8 +8,11 @@ side only needs an object with River's ``predict_proba_one(features) -> {label: 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,27 @@ def river_opinion(model: Any | None, features: dict[str, float]) -> float | None
         return None
 
 
+def river_opinions(model: Any | None, rows: np.ndarray, names: Sequence[str]) -> list[float | None]:
+    """``river_opinion`` for each row of a feature matrix (columns ``names``). The default pipeline (scaler
+    and logistic regression) answers a whole batch in one vectorised call (River's ``predict_proba_many``);
+    other models, and a batch it cannot answer, go row by row."""
+    if model is None:
+        return [None] * len(rows)
+    inner = getattr(model, "model", model)  # streaming.river_model.OnlineModel wraps the River estimator
+    if len(rows) > 1 and hasattr(inner, "predict_proba_many"):
+        try:
+            import pandas as pd
+
+            proba = inner.predict_proba_many(pd.DataFrame(rows, columns=list(names)))
+            positive = next((c for c in (True, 1) if c in proba.columns), None)
+            if positive is None:  # nothing learnt yet: as predict() answers
+                return [0.0] * len(rows)
+            return proba[positive].astype(float).tolist()
+        except Exception as exc:
+            log.debug("River model gave no batch opinion, row by row: %s", exc)
+    return [river_opinion(model, dict(zip(names, row, strict=True))) for row in rows.tolist()]
+
+
 class RiverWatcher:
     """Reloads the checkpoint when its file changes (checked at most every ``interval_s`` seconds)."""
 
@@ -63,3 +87,7 @@ class RiverWatcher:
             return
         if mtime != self._mtime:
             self.model, self._mtime = load_river_checkpoint(self.data_dir), mtime
+            if self.model is not None:  # the first batch call imports pandas' machinery: not in a request
+                from ml.features.spec import FEATURE_NAMES
+
+                river_opinions(self.model, np.zeros((2, len(FEATURE_NAMES))), FEATURE_NAMES)
