@@ -358,9 +358,13 @@ class RedisStore(OnlineStore):
         # A label later than every lookback cannot change a feature; by default keep tx records that long.
         self.tx_ttl_s = tx_ttl_s if tx_ttl_s is not None else max(self.lookback_us.values()) // 1_000_000
         self._redis_mod = redis
+        from streaming.redis_polling import PollingConnection
+
         self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                            socket_connect_timeout=socket_timeout, decode_responses=True,
-                                           health_check_interval=5, retry_on_timeout=False)
+                                           health_check_interval=5, retry_on_timeout=False,
+                                           **({"connection_class": PollingConnection}
+                                              if url.startswith("redis://") else {}))
         self._apply = self.client.register_script(_APPLY_LUA)
         self._columns = self.client.register_script(_COLUMNS_LUA)
         self._label = self.client.register_script(_LABEL_LUA)
@@ -371,6 +375,7 @@ class RedisStore(OnlineStore):
         self.cache_entities = cache_entities
         self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._conn = None  # apply_columns' own connection, used under _cache_lock (see _eval)
         self._tokens = itertools.count()
         self._token_base = uuid.uuid4().hex[:16]
 
@@ -385,6 +390,26 @@ class RedisStore(OnlineStore):
 
     def ping(self) -> None:
         self._call(self.client.ping)
+
+    def _eval(self, script, keys: list[str], args: list[str]):
+        """EVALSHA on a connection of the store's own (callers hold _cache_lock): the pool's checkout and
+        release and the retry wrappers cost about as much as the script of a one-transaction call. The
+        connection reconnects by itself on its next command after an error."""
+        redis = self._redis_mod
+        if self._conn is None:
+            self._conn = self.client.connection_pool.make_connection()
+        conn = self._conn
+        for attempt in (0, 1):
+            try:
+                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it, once
+                if attempt:
+                    raise
+                self._call(lambda: self.client.script_load(script.script))
+            except redis.RedisError as exc:
+                conn.disconnect()
+                raise StoreUnavailable(f"redis at {self.url}: {exc}") from exc
 
     def clear(self) -> None:
         def run():
@@ -492,7 +517,7 @@ class RedisStore(OnlineStore):
         token = f"{self._token_base}:{next(self._tokens)}"
         argv = [str(self.tx_ttl_s), str(n), str(len(index)), token, "1" if write else "0"]
         keys = [f"{prefix}t:{tid}" for tid in ids]
-        reply = self._call(lambda: self._columns(keys=keys + ent_keys, args=argv + records + ent_args))
+        reply = self._eval(self._columns, keys + ent_keys, argv + records + ent_args)
         new = np.frombuffer(reply[0].encode(), np.uint8) == ord("1")
         is_new = new.tolist()
         entities = []
@@ -538,6 +563,8 @@ class RedisStore(OnlineStore):
         return states
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
         self.client.close()
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from conftest import private_redis_store  # pytest imports tests/conftest.py as `conftest`
 
@@ -164,3 +165,22 @@ def test_redis_batches_equal_one_by_one() -> None:
         assert got == pytest.approx(want, rel=0, abs=1e-9), tx["transaction_id"]
     assert calls == [7, 7, 7, 4, 7, 7, 2]  # every transaction went through the batched call
     assert batched[15] == pytest.approx(batched[13], abs=1e-9)  # idempotent re-delivery
+
+
+def test_redis_script_reloaded_after_flush() -> None:
+    """The batch script runs on the store's own connection: a Redis that lost its scripts (restart, SCRIPT
+    FLUSH) gets it loaded again, and the call's features are those of the in-process store."""
+    from streaming.redis_polling import PollingConnection
+
+    store = private_redis_store("noscript")
+    txs = [_tx(f"s{k}", T0 + k * H, cust="C1", term="T1", amount=10.0 + k) for k in range(4)]
+    try:
+        first = OnlineFeatures(store).score_matrix(txs[:2])
+        store.client.script_flush()
+        second = OnlineFeatures(store).score_matrix(txs[2:])
+        assert isinstance(store._conn, PollingConnection)  # the reply is polled for before blocking
+    finally:
+        store.clear()
+    single = OnlineFeatures(MemoryStore())
+    want = [OnlineFeatures.vector(single.score_features(tx)) for tx in txs]
+    assert np.allclose(np.vstack([first, second]), want, rtol=0, atol=1e-9)
