@@ -77,7 +77,8 @@ class PathContributions:
         xf[:, :-1] = x
         flat = xf.ravel()
         feature, threshold, children = self.feature, self.threshold, self.children_flat
-        node = np.broadcast_to(self.roots, (n, len(self.roots)))
+        node = np.empty((n, len(self.roots)), np.int64)
+        node[:] = self.roots
         start = (np.arange(n) * (self.n_features + 1))[:, None]
         nan = bool(np.isnan(flat).any())
         for _ in range(self.depth):
