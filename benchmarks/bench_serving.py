@@ -8,9 +8,11 @@ Lua script), so each one writes to and reads from the online store as production
   endpoint (bare_p50_ms_at_rate, bare_p99_ms_at_rate): the floor that HTTP and process wake-ups set here.
 - Maximum throughput: wrk unpaced with 16 connections, same script, against the service and then against the
   bare endpoint (benchmarks/bare_endpoint.py: XGBoost ``inplace_predict`` on a fixed vector, no framework).
-- Both sides run one worker process per core (BENCH_WORKERS overrides), the service over the shared Redis.
-- Both run ROUNDS times, the service and the bare endpoint in turn; the JSON keeps every round and the
-  medians (the ratio is the median of the rounds' ratios).
+- The paced runs, the batch and a first set of maximum-throughput runs use one worker process a side (the
+  service's own overhead); a second set of maximum-throughput runs uses one process per core a side
+  (BENCH_WORKERS overrides; the service's workers share Redis): max_rps, bare_max_rps, ratio_to_bare.
+- Each comparison runs ROUNDS times, the service and the bare endpoint in turn; the JSON keeps every round
+  and the medians (a ratio is the median of the rounds' ratios).
 - Batch throughput: a Python client posting ``/score_batch`` requests of BATCH_SIZE transactions.
 
 Results: benchmarks/results/serving.json (p50_ms, p99_ms at 300 req/s; max_rps; bare_max_rps; batch_tx_per_s).
@@ -130,6 +132,106 @@ def _epoch_s(t: datetime) -> int:
     return int((t - datetime(1970, 1, 1)).total_seconds())
 
 
+def _run_pair(workers: int, booster_file: Path, tmp: Path, redis_url: str, latency: bool) -> dict:
+    """Start `bentoml serve` (Redis features) and the bare endpoint with ``workers`` processes each, warm the
+    online state, and measure: the paced and maximum-throughput rounds (the paced ones and the batch only
+    if ``latency``). Both servers are stopped and the run's Redis keys removed before it returns."""
+    prefix = f"bench:{uuid.uuid4().hex}:"
+    port, bare_port = _free_port(), _free_port()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "FRAUD_ONLINE_STORE": "redis",
+           "FRAUD_SERVE_WORKERS": str(workers), "FRAUD_REDIS_PREFIX": prefix, "FRAUD_MODEL_POLL_S": "0",
+           "BARE_BOOSTER": str(booster_file)}
+    exe = Path(sys.executable).parent
+    svc_log, bare_log = tmp / f"serve-{workers}.log", tmp / f"bare-{workers}.log"
+    svc = subprocess.Popen([str(exe / "bentoml"), "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
+                           stdout=open(svc_log, "wb"), stderr=subprocess.STDOUT)
+    bare = subprocess.Popen([str(exe / "uvicorn"), "benchmarks.bare_endpoint:app", "--port", str(bare_port),
+                             "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+                            cwd=PROJECT_ROOT, env=env, stdout=open(bare_log, "wb"), stderr=subprocess.STDOUT)
+    base, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}/"
+    url = f"{base}/score"
+    out: dict = {"rate": [], "max": []}
+    try:
+        _wait_ready(f"{base}/readyz", svc, svc_log)
+        _wait_ready(bare_url, bare, bare_log)
+        rng = random.Random(0)
+        # Warm state: 30 days of history for the entity pool, through the service itself.
+        step = timedelta(days=30) / WARM_TX
+        warm = [_tx(i, START - timedelta(days=30) + i * step, rng) for i in range(WARM_TX)]
+        with httpx.Client(timeout=120) as client:
+            for i in range(0, WARM_TX, BATCH_SIZE):
+                r = client.post(f"{base}/score_batch", json={"transactions": warm[i:i + BATCH_SIZE]})
+                r.raise_for_status()
+        t_rate = _epoch_s(START)
+        _wrk(url, tmp, t_rate, 3, MAX_CONNECTIONS)  # warm-up of the request path (not recorded)
+        # The service and the bare endpoint take turns, round after round: this VM's speed drifts within
+        # minutes, and alternating puts both sides of each comparison in the same minute.
+        if latency:
+            # Pacing: a connection waits its share of 1/RATE minus the latency it observed before its next
+            # request (wrk's delay() runs after a response). The latency estimate is clamped, so that a noisy
+            # probe cannot turn the fixed-rate run into an overload run; the achieved rate is reported.
+            interval_ms = 1000 * RATE_CONNECTIONS / RATE
+            probe = _wrk(url, tmp, t_rate + 20_000, 3, RATE_CONNECTIONS, delay_ms=interval_ms)
+            latency_ms = RATE_CONNECTIONS * 1000 / probe["rps"] - interval_ms
+            delay_ms = interval_ms - min(max(latency_ms, 0.0), 0.15 * interval_ms)
+            for r in range(ROUNDS):
+                base_s = t_rate + 40_000 + r * 10_000
+                print(f"[bench] {workers} worker(s), round {r + 1}/{ROUNDS}: {RATE} req/s", flush=True)
+                svc_r = _wrk(url, tmp, base_s, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
+                # The same paced load on the bare endpoint: the floor of this machine's HTTP and wake-ups.
+                bare_r = _wrk(bare_url, tmp, base_s, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
+                out["rate"].append({"service": svc_r, "bare": bare_r})
+                print(f"[bench] service {svc_r}\n[bench] bare {bare_r}", flush=True)
+        for r in range(ROUNDS):
+            base_s = t_rate + 86_400 + r * 100_000
+            print(f"[bench] {workers} worker(s), round {r + 1}/{ROUNDS}: max throughput", flush=True)
+            svc_m = _wrk(url, tmp, base_s, MAX_SECONDS, MAX_CONNECTIONS)
+            bare_m = _wrk(bare_url, tmp, base_s, MAX_SECONDS, MAX_CONNECTIONS)
+            out["max"].append({"service": svc_m, "bare": bare_m})
+            print(f"[bench] service {svc_m}\n[bench] bare {bare_m}", flush=True)
+        if latency:
+            print("[bench] batch throughput", flush=True)
+            t_batch = START + timedelta(days=3)
+            step = timedelta(milliseconds=50)
+            batches = [[{**_tx(k, t_batch + k * step, rng), "transaction_id": f"batch-{k}"}
+                        for k in range(b * BATCH_SIZE, (b + 1) * BATCH_SIZE)] for b in range(BATCH_REQUESTS)]
+            payloads = [json.dumps({"transactions": b}) for b in batches]
+            with httpx.Client(timeout=120) as client:
+                t0 = time.perf_counter()
+                for p in payloads:
+                    client.post(f"{base}/score_batch", content=p,
+                                headers={"content-type": "application/json"}).raise_for_status()
+                out["batch_tx_per_s"] = BATCH_SIZE * BATCH_REQUESTS / (time.perf_counter() - t0)
+    finally:
+        for proc in (svc, bare):
+            proc.terminate()
+        for proc in (svc, bare):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        from streaming.online_store import RedisStore
+
+        RedisStore(redis_url, prefix=prefix).clear()
+    return out
+
+
+def _med(rounds: list[dict], side: str, key: str) -> float:
+    return round(statistics.median(r[side][key] for r in rounds), 3)
+
+
+def _throughput(rounds: list[dict]) -> dict:
+    ratios = [r["service"]["rps"] / r["bare"]["rps"] for r in rounds]
+    return {"max_rps": _med(rounds, "service", "rps"), "bare_max_rps": _med(rounds, "bare", "rps"),
+            "ratio_to_bare": round(statistics.median(ratios), 3),
+            "max_errors": sum(r["service"]["errors"] for r in rounds),
+            "max_p99_ms": _med(rounds, "service", "p99_ms"), "ratios": [round(x, 3) for x in ratios]}
+
+
+def _rounded(rounds: list[dict]) -> list[dict]:
+    return [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rounds]
+
+
 def main() -> None:
     _ensure_tools()
     settings = export_tool_env()
@@ -147,117 +249,40 @@ def main() -> None:
     booster = load_champion(tag).booster
     n_trees = booster.num_boosted_rounds()
     booster.save_model(str(booster_file))
-    prefix = f"bench:{uuid.uuid4().hex}:"
     import redis
 
     redis.Redis.from_url(settings.redis_url).ping()  # fail early: the benchmark is defined with Redis
 
-    port, bare_port = _free_port(), _free_port()
-    # One worker process per core on both sides, as a deployment on this machine would run (Redis is the
-    # shared state, so the service's workers may be several); BENCH_WORKERS overrides.
+    # One process a side: latency, batch, and the service's own overhead against the bare endpoint's. Then
+    # one process per core a side (BENCH_WORKERS overrides): what the machine serves (Redis is the shared
+    # state, so the service's workers may be several).
     workers = int(os.environ.get("BENCH_WORKERS", os.cpu_count() or 1))
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "FRAUD_ONLINE_STORE": "redis",
-           "FRAUD_SERVE_WORKERS": str(workers),
-           "FRAUD_REDIS_PREFIX": prefix, "FRAUD_MODEL_POLL_S": "0", "BARE_BOOSTER": str(booster_file)}
-    exe = Path(sys.executable).parent
-    svc_log, bare_log = tmp / "serve.log", tmp / "bare.log"
-    svc = subprocess.Popen([str(exe / "bentoml"), "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
-                           stdout=open(svc_log, "wb"), stderr=subprocess.STDOUT)
-    bare = subprocess.Popen([str(exe / "uvicorn"), "benchmarks.bare_endpoint:app", "--port", str(bare_port),
-                             "--workers", str(workers),
-                             "--log-level", "warning", "--no-access-log"], cwd=PROJECT_ROOT, env=env,
-                            stdout=open(bare_log, "wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(f"{base}/readyz", svc, svc_log)
-        _wait_ready(f"http://127.0.0.1:{bare_port}/", bare, bare_log)
-        rng = random.Random(0)
-        # Warm state: 30 days of history for the entity pool, through the service itself.
-        step = timedelta(days=30) / WARM_TX
-        warm = [_tx(i, START - timedelta(days=30) + i * step, rng) for i in range(WARM_TX)]
-        with httpx.Client(timeout=120) as client:
-            for i in range(0, WARM_TX, BATCH_SIZE):
-                r = client.post(f"{base}/score_batch", json={"transactions": warm[i:i + BATCH_SIZE]})
-                r.raise_for_status()
-        url, bare_url = f"{base}/score", f"http://127.0.0.1:{bare_port}/"
-        t_rate = _epoch_s(START)
-        _wrk(url, tmp, t_rate, 3, MAX_CONNECTIONS)  # warm-up of the request path (not recorded)
-        # Pacing: a connection waits its share of 1/RATE minus the latency it observed before its next request
-        # (wrk's delay() runs after a response). The latency estimate is clamped, so that a noisy probe cannot
-        # turn the fixed-rate run into an overload run; the achieved rate is reported as rate_rps.
-        interval_ms = 1000 * RATE_CONNECTIONS / RATE
-        probe = _wrk(url, tmp, t_rate + 20_000, 3, RATE_CONNECTIONS, delay_ms=interval_ms)
-        latency_ms = RATE_CONNECTIONS * 1000 / probe["rps"] - interval_ms
-        delay_ms = interval_ms - min(max(latency_ms, 0.0), 0.15 * interval_ms)
-        # The service and the bare endpoint take turns, round after round: this VM's speed drifts within
-        # minutes, and alternating puts both sides of each comparison in the same minute. Medians are kept.
-        rate_rounds, max_rounds = [], []
-        for r in range(ROUNDS):
-            base_s = t_rate + 40_000 + r * 10_000
-            print(f"[bench] round {r + 1}/{ROUNDS}: {RATE} req/s for {RATE_SECONDS}s", flush=True)
-            svc_r = _wrk(url, tmp, base_s, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
-            # The same paced load on the bare endpoint: the latency floor of this machine's HTTP + wake-ups.
-            bare_r = _wrk(bare_url, tmp, base_s, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
-            rate_rounds.append({"service": svc_r, "bare": bare_r})
-            print(f"[bench] service {svc_r}\n[bench] bare {bare_r}", flush=True)
-        for r in range(ROUNDS):
-            base_s = t_rate + 86_400 + r * 100_000
-            print(f"[bench] round {r + 1}/{ROUNDS}: max throughput", flush=True)
-            svc_m = _wrk(url, tmp, base_s, MAX_SECONDS, MAX_CONNECTIONS)
-            bare_m = _wrk(bare_url, tmp, base_s, MAX_SECONDS, MAX_CONNECTIONS)
-            max_rounds.append({"service": svc_m, "bare": bare_m})
-            print(f"[bench] service {svc_m}\n[bench] bare {bare_m}", flush=True)
-
-        print("[bench] batch throughput", flush=True)
-        t_batch = START + timedelta(days=3)
-        step = timedelta(milliseconds=50)
-        batches = [[{**_tx(k, t_batch + k * step, rng), "transaction_id": f"batch-{k}"}
-                    for k in range(b * BATCH_SIZE, (b + 1) * BATCH_SIZE)] for b in range(BATCH_REQUESTS)]
-        payloads = [json.dumps({"transactions": b}) for b in batches]
-        with httpx.Client(timeout=120) as client:
-            t0 = time.perf_counter()
-            for p in payloads:
-                client.post(f"{base}/score_batch", content=p,
-                            headers={"content-type": "application/json"}).raise_for_status()
-            batch_tx_per_s = BATCH_SIZE * BATCH_REQUESTS / (time.perf_counter() - t0)
-    finally:
-        for proc in (svc, bare):
-            proc.terminate()
-        for proc in (svc, bare):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        from streaming.online_store import RedisStore
-
-        RedisStore(settings.redis_url, prefix=prefix).clear()
-
-    def med(rounds: list[dict], side: str, key: str) -> float:
-        return round(statistics.median(r[side][key] for r in rounds), 3)
-
-    ratios = [r["service"]["rps"] / r["bare"]["rps"] for r in max_rounds]
+    one = _run_pair(1, booster_file, tmp, settings.redis_url, latency=True)
+    many = _run_pair(workers, booster_file, tmp, settings.redis_url, latency=False) if workers > 1 else one
+    per_process, machine = _throughput(one["max"]), _throughput(many["max"])
+    rate = one["rate"]
     result = {
-        "p50_ms": med(rate_rounds, "service", "p50_ms"), "p99_ms": med(rate_rounds, "service", "p99_ms"),
-        "rate_rps": med(rate_rounds, "service", "rps"),
-        "rate_errors": sum(r["service"]["errors"] for r in rate_rounds),
-        "bare_p50_ms_at_rate": med(rate_rounds, "bare", "p50_ms"),
-        "bare_p99_ms_at_rate": med(rate_rounds, "bare", "p99_ms"),
-        "max_rps": med(max_rounds, "service", "rps"), "bare_max_rps": med(max_rounds, "bare", "rps"),
-        "ratio_to_bare": round(statistics.median(ratios), 3),
-        "max_errors": sum(r["service"]["errors"] for r in max_rounds),
-        "max_p99_ms": med(max_rounds, "service", "p99_ms"), "batch_tx_per_s": round(batch_tx_per_s, 1),
+        "p50_ms": _med(rate, "service", "p50_ms"), "p99_ms": _med(rate, "service", "p99_ms"),
+        "rate_rps": _med(rate, "service", "rps"), "rate_errors": sum(r["service"]["errors"] for r in rate),
+        "bare_p50_ms_at_rate": _med(rate, "bare", "p50_ms"),
+        "bare_p99_ms_at_rate": _med(rate, "bare", "p99_ms"),
+        # max_rps / bare_max_rps / ratio_to_bare: one process per core on both sides (the machine's capacity).
+        **{k: v for k, v in machine.items() if k != "ratios"},
+        "batch_tx_per_s": round(one["batch_tx_per_s"], 1),
+        "one_worker": {k: v for k, v in per_process.items() if k != "ratios"},
         "rounds": {
-            "rate": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rate_rounds],
-            "max": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in max_rounds],
-            "ratio_to_bare": [round(x, 3) for x in ratios],
+            "rate_one_worker": _rounded(rate),
+            "max_one_worker": _rounded(one["max"]), "ratios_one_worker": per_process["ratios"],
+            f"max_{workers}_workers": _rounded(many["max"]), f"ratios_{workers}_workers": machine["ratios"],
         },
         "config": {
             "batch_size": BATCH_SIZE, "model_tag": tag, "stand_in_model": stand_in,
-            "model_trees": n_trees, "online_store": "redis",
-            "workers": workers, "bare_workers": workers, "cpu_count": os.cpu_count(),
+            "model_trees": n_trees, "online_store": "redis", "workers": workers, "bare_workers": workers,
+            "cpu_count": os.cpu_count(),
             "load_generator": (f"wrk -t1: {RATE_CONNECTIONS} connections paced to {RATE} req/s for "
-                               f"{RATE_SECONDS}s; {MAX_CONNECTIONS} connections unpaced for {MAX_SECONDS}s; "
-                               f"service and bare endpoint alternate, {ROUNDS} rounds each, medians"),
+                               f"{RATE_SECONDS}s (one worker a side); {MAX_CONNECTIONS} connections unpaced "
+                               f"for {MAX_SECONDS}s (one worker, then {workers}, a side); service and bare "
+                               f"endpoint alternate, {ROUNDS} rounds each, medians"),
             "entities": {"customers": N_CUSTOMERS, "terminals": N_TERMINALS, "warm_transactions": WARM_TX},
         },
         "goals": {"p99_ms": 5.0, "max_rps": 1500, "ratio_to_bare": 0.5, "batch_tx_per_s": 100_000},
