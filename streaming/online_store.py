@@ -206,9 +206,9 @@ class MemoryStore(OnlineStore):
 # label), set once (SET NX: idempotent by id) with a TTL. Histories: ``{p}h:{entity}:{id}`` lists of
 # "time|amount|txid", appended as recorded (RPUSH: O(1), where a sorted-set insert scans its listpack) and
 # pruned from the head; readers sort by time, so a late transaction may sit after later ones. Version keys:
-# ``{p}v:{entity}:{id}`` names the entity's state (history and fraud sets); every script that changes them
-# sets a new token or deletes the key, so a client holding a copy tagged with the token it read knows
-# whether the copy is still exact.
+# ``{p}v:{entity}:{id}`` "epoch count": the batch script counts the entries it pushes since the key was
+# made (epoch: a new token); the per-transaction script deletes the key instead. A client holding a copy
+# tagged with the version it read knows whether the copy is exact, or which entries it lacks.
 _HELPERS = """
 local function record(key, value, ttl)
   if ttl > 0 then return redis.call('SET', key, value, 'NX', 'EX', ttl) and 1 or 0 end
@@ -262,15 +262,18 @@ return out
 """
 
 # A batch in one call (transactions in time order): each new one is recorded as by _APPLY_LUA, then per
-# entity the batch touches: its new version token, its whole history unless the caller's copy was current
-# ("=": the caller adds the call's own records to it), its fraud set (small, and changed by every label, so
+# entity the batch touches: its version after the call, its whole history unless the caller's copy can be
+# brought up to date ("+" and the entries other callers pushed since the copy's version, often none: the
+# caller adds them, then the call's own records), its fraud set (small, and changed by every label, so
 # never cached), then the pruning the caller asks for (it knows from its copy whether anything is old
-# enough; without a current copy it always asks).
+# enough; without a current copy it always asks). Pruning takes entries from the head only, so the
+# entries pushed after a version are the list's tail while the list is at least that long.
 # KEYS: tx keys (n), then per entity: history key, fraud key, version key.
-# ARGV: ttl_s, n, number of entities m, new token, write; per tx: record value; per entity: the caller's
-# token ('' if none), prune bound ('' for none), 1 if its fraud set is read, the number c of its members in
-# the call, the c transaction indices (1-based) they belong to, the c members (in time order).
-# Returns: the new-record flags ("0"/"1" per tx), then per entity: token, history or "=", frauds.
+# ARGV: ttl_s, n, number of entities m, new epoch token, write; per tx: record value; per entity: the
+# version of the caller's copy ('' if none), prune bound ('' for none), 1 if its fraud set is read, the
+# number c of its members in the call, the c transaction indices (1-based) they belong to, the c members.
+# Returns: the new-record flags ("0"/"1" per tx), then per entity: version, history or "+" and what the
+# copy misses, frauds.
 _COLUMNS_LUA = _HELPERS + """
 local ttl, n, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local token, write = ARGV[4], ARGV[5] == '1'
@@ -288,26 +291,44 @@ for u = 1, m do
   local cached, bound, readf, c = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local idx, mem = a + 4, a + 4 + c
   a = mem + c
-  local before, version
-  if write then  -- a new token for every entity of the batch: one call gives the old one too
-    before = redis.call('SET', vk, token, 'GET')
-    version = token
-  else
-    before = redis.call('GET', vk)
-    version = before or ''
+  -- The version: "epoch count", the epoch named when the key was created, count = entries pushed since.
+  local before = redis.call('GET', vk)
+  local epoch, count
+  if before then
+    local e, k = string.match(before, '^(%S+) (%d+)$')
+    epoch, count = e, tonumber(k)
   end
+  -- What the caller's copy misses: nothing, the entries pushed after it (the list's tail, read before
+  -- this call's pushes), or (nil) too much to tell: the whole history, read after them.
+  local missed
+  if cached ~= '' and epoch then
+    local ce, ck = string.match(cached, '^(%S+) (%d+)$')
+    local k = ce == epoch and count - tonumber(ck) or -1
+    if k == 0 then
+      missed = ''
+    elseif k > 0 and k <= redis.call('LLEN', hk) then
+      missed = table.concat(redis.call('LRANGE', hk, -k, -1), '\\31')
+    end
+  end
+  local pushed = 0
   if c > 0 and allnew then  -- the usual case: the members are one ARGV range
     push(hk, ARGV, mem, mem + c - 1)
+    pushed = c
   elseif c > 0 then  -- re-deliveries in the call: only the new transactions' members
     local list = {}
     for j = 0, c - 1 do
       if flags[tonumber(ARGV[idx + j])] == 1 then list[#list + 1] = ARGV[mem + j] end
     end
     if #list > 0 then push(hk, list, 1, #list) end
+    pushed = #list
   end
-  out[#out + 1] = version
-  if cached ~= '' and before == cached then
-    out[#out + 1] = '='
+  if write and (pushed > 0 or not epoch) then
+    if epoch then count = count + pushed else epoch, count = token, redis.call('LLEN', hk) end
+    redis.call('SET', vk, epoch .. ' ' .. count)
+  end
+  out[#out + 1] = epoch and (epoch .. ' ' .. count) or ''
+  if missed then
+    out[#out + 1] = '+' .. missed
   else
     out[#out + 1] = table.concat(redis.call('LRANGE', hk, 0, -1), '\\31')
   end
@@ -341,10 +362,11 @@ class _Cached:
 class RedisStore(OnlineStore):
     """Redis-backed store shared by every replica; one round trip per scoring call (a Lua script).
 
-    ``apply_columns`` keeps a copy of the entities' histories it has read, tagged with their version token,
-    and asks Redis for a history only when the token changed (another replica, the per-transaction script,
-    a restart): in steady state a batch moves its own writes, a few tokens and the (small) fraud sets
-    instead of every window it reads. The copy holds
+    ``apply_columns`` keeps a copy of the entities' histories it has read, tagged with their version, and
+    gets from Redis only what the copy lacks: nothing, the entries another replica pushed since (the list's
+    tail), or, after the per-transaction script or a restart, the whole history. In steady state a batch
+    moves its own writes, a few versions, other replicas' new entries and the (small) fraud sets instead
+    of every window it reads. The copy holds
     the ``cache_entities`` most recently used entities (FRAUD_REDIS_CACHE_ENTITIES; 0 turns it off).
     """
 
@@ -523,9 +545,11 @@ class RedisStore(OnlineStore):
         entities = []
         for u, key in enumerate(index):
             version, hist, frauds = reply[1 + 3 * u], reply[2 + 3 * u], reply[3 + 3 * u]
-            if hist == "=":  # our copy is what Redis held before the call: add the call's own records
+            if hist[:1] == "+":  # our copy, plus what other callers pushed since, then the call's records
                 held = cache[key]
                 buffer = held.history
+                if len(hist) > 1:
+                    buffer.extend(*_parse_history(hist[1:]))
                 for k in rows[u]:
                     if is_new[k]:
                         tx = txs[k]

@@ -132,6 +132,45 @@ def test_redis_copy_sees_changes_made_elsewhere() -> None:
         a.clear()
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_redis_replicas_catch_up_from_the_tail(seed: int) -> None:
+    """Two replicas take turns (chunks of varied size, labels through either): a replica whose copy is behind
+    gets only the entries the other pushed since (the list's tail), even after the other pruned the head,
+    and its features equal the one-by-one reference."""
+    rng = random.Random(seed)
+    txs, labels = _stream(seed, 500), _labels(_stream(seed, 500), seed)
+    chunks, i = [], 0
+    while i < len(txs):
+        chunks.append(txs[i:i + rng.choice([1, 2, 5, 9, 30])])
+        i += len(chunks[-1])
+    turns = [(rng.randrange(2), rng.randrange(2)) for _ in chunks]  # (scoring replica, labelling replica)
+    a = private_redis_store("tail")
+    b = RedisStore(prefix=a.prefix)
+    caught_up = []
+    for store in (a, b):
+        def spy(script, keys, args, run=store._eval):
+            reply = run(script, keys, args)
+            caught_up.extend(r for r in reply[2::3] if r.startswith("+") and len(r) > 1)
+            return reply
+        store._eval = spy
+    replicas, reference = [OnlineFeatures(a), OnlineFeatures(b)], OnlineFeatures(MemoryStore())
+    pending = sorted(labels, key=lambda lab: lab[2])
+    rows, want = [], []
+    try:
+        for chunk, (scorer, labeller) in zip(chunks, turns, strict=True):
+            due = [lab for lab in pending if lab[2] <= chunk[0]["tx_datetime"]]
+            pending = pending[len(due):]
+            if due:
+                replicas[labeller].apply_labels(due)
+                reference.apply_labels(due)
+            rows.extend(replicas[scorer].score_matrix(chunk))
+            want.extend(reference.vector(reference.score_features(tx)) for tx in chunk)
+        _assert_same(np.array(rows), np.array(want), txs)
+        assert len(caught_up) > 20, "replicas caught up from the tail, not by reading whole histories"
+    finally:
+        a.clear()
+
+
 def test_redis_copy_survives_a_flush() -> None:
     """State wiped under the store (a Redis restart without persistence): its copy must not be reused."""
     store = private_redis_store("flush")
