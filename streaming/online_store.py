@@ -355,7 +355,7 @@ return 1
 
 @dataclass
 class _Cached:
-    token: str
+    version: str  # "epoch count", as the batch script returned it
     history: HistoryBuffer
 
 
@@ -532,7 +532,7 @@ class RedisStore(OnlineStore):
                 bound = None  # our copy says nothing is old enough (if the copy is stale, Redis keeps more)
             bounds.append(bound)
             mine = rows[u] if write else []
-            ent_args += [held.token if held else "", "" if bound is None else str(bound),
+            ent_args += [held.version if held else "", "" if bound is None else str(bound),
                          "1" if e in self.fraud_entities else "0", str(len(mine))]
             ent_args += [labels[k] for k in mine]
             ent_args += [members[k] for k in mine]
@@ -564,7 +564,7 @@ class RedisStore(OnlineStore):
                 if held is None:
                     cache[key] = _Cached(version, buffer)
                 else:
-                    held.token = version
+                    held.version = version
                 cache.move_to_end(key)
             else:
                 cache.pop(key, None)
