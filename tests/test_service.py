@@ -72,7 +72,9 @@ def test_score_valid(client) -> None:
     assert body["decision"] in ("approve", "decline")
     assert body["model_tag"].startswith("fraud-champion:")
     assert len(body["reasons"]) == 3 and {"feature", "value", "contribution"} <= set(body["reasons"][0])
-    assert body["online_model_probability"] is None and body["degraded"] is False
+    # None without a River checkpoint; another test module's stream worker may have left one in the data dir.
+    assert body["online_model_probability"] is None or 0.0 <= body["online_model_probability"] <= 1.0
+    assert body["degraded"] is False
     assert client.get("/readyz").status_code == 200 and client.get("/livez").status_code == 200
 
 
