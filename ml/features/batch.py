@@ -32,10 +32,13 @@ from ml.features.online import (
 from ml.features.spec import BY_NAME, FEATURE_NAMES
 
 _DAY_US, _HOUR_US = 86_400_000_000, 3_600_000_000
-# Smaller batches go one by one. Measured (in-process store, 23 features): one by one costs ~95 µs a
-# transaction, numpy ~300 µs a call whatever the size up to a dozen: 1 tx 89 vs 296 µs, 3 tx 286 vs 308,
-# 4 tx 392 vs 323, 8 tx 715 vs 328.
+# Smaller batches may go one by one. Measured (in-process store, 23 features): numpy costs ~300 µs a call
+# whatever the size up to a dozen transactions and the entities' history lengths; one by one costs ~40 µs a
+# transaction plus ~0.5 µs per history entry of its entities (1 tx: 87 µs with ~90 entries, 280 µs with
+# ~450, 927 µs with ~1,800; 3 tx with ~90 entries each: 279 µs; 4 tx: 392 against 323 µs with numpy).
 PER_TX_BELOW = 4
+_PER_TX_COST = 80  # one transaction one by one, in history entries (40 µs / 0.5 µs)
+_NUMPY_COST = 600  # a numpy call, in history entries (300 µs / 0.5 µs)
 
 # numpy counterparts of ml.features.online.ROW_PY (times in µs since 1970-01-01, a Thursday: ISO day 4).
 ROW_NP = {
@@ -70,9 +73,15 @@ class BatchColumns:
 
 def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns, per_tx_below: int | None = None) -> np.ndarray:
     """Every spec feature of every transaction as of its time: an (n, features) array in spec order.
-    Fewer than ``per_tx_below`` transactions (default ``PER_TX_BELOW``) go one by one."""
+    Fewer than ``per_tx_below`` transactions go one by one; by default, fewer than ``PER_TX_BELOW`` whose
+    entities' histories are short enough for that to cost less than numpy's fixed cost."""
     n = len(txs)
-    if n < (PER_TX_BELOW if per_tx_below is None else per_tx_below):  # numpy's fixed cost is larger
+    if per_tx_below is not None:
+        one_by_one = n < per_tx_below
+    else:  # one by one walks every history entry in Python; numpy's cost hardly depends on them
+        one_by_one = n < PER_TX_BELOW and (
+            _PER_TX_COST * n + sum(len(c.times) for c in cols.entities) < _NUMPY_COST)
+    if one_by_one:
         out = np.empty((n, len(FEATURE_NAMES)))
         for k in range(n):
             feats = compute_features(txs[k], states_of(txs, k, cols))
