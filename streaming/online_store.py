@@ -39,6 +39,11 @@ class Label:
     label_us: int
 
 
+try:  # the C packer redis-py uses when hiredis is installed, called directly (see RedisStore._eval)
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _pack = None
+
 SEP = "\x1f"  # joins a window's members and scores in Redis replies; ids must not contain it
 
 
@@ -217,6 +222,9 @@ end
 local function push(key, list, first, last)
   for s = first, last, 4000 do redis.call('RPUSH', key, unpack(list, s, math.min(s + 3999, last))) end
 end
+local function push_pairs(cmd, list)  -- MSET-like commands, in runs that fit Lua's stack
+  for s = 1, #list, 4000 do redis.call(cmd, unpack(list, s, math.min(s + 3999, #list))) end
+end
 -- Entries with time < bound leave the history's head (a late entry behind a newer one goes with it), and
 -- known frauds with tx time < bound leave the fraud set.
 local function prune(hk, fk, bound)
@@ -285,14 +293,21 @@ for i = 1, n do
   flags[i] = isnew
 end
 local out = {table.concat(flags)}
+-- Every version in one MGET and the new ones in one MSET: a call each per entity was a third of the calls.
+local vkeys, olds, sets = {}, {}, {}
+for u = 1, m do vkeys[u] = KEYS[n + 3 * u] end
+for s = 1, m, 4000 do
+  local got = redis.call('MGET', unpack(vkeys, s, math.min(s + 3999, m)))
+  for j = 1, #got do olds[s + j - 1] = got[j] end
+end
 local a = 6 + n
 for u = 1, m do
-  local hk, fk, vk = KEYS[n + 3 * u - 2], KEYS[n + 3 * u - 1], KEYS[n + 3 * u]
+  local hk, fk, vk = KEYS[n + 3 * u - 2], KEYS[n + 3 * u - 1], vkeys[u]
   local cached, bound, readf, c = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local idx, mem = a + 4, a + 4 + c
   a = mem + c
   -- The version: "epoch count", the epoch named when the key was created, count = entries pushed since.
-  local before = redis.call('GET', vk)
+  local before = olds[u]
   local epoch, count
   if before then
     local e, k = string.match(before, '^(%S+) (%d+)$')
@@ -324,7 +339,8 @@ for u = 1, m do
   end
   if write and (pushed > 0 or not epoch) then
     if epoch then count = count + pushed else epoch, count = token, redis.call('LLEN', hk) end
-    redis.call('SET', vk, epoch .. ' ' .. count)
+    sets[#sets + 1] = vk
+    sets[#sets + 1] = epoch .. ' ' .. count
   end
   out[#out + 1] = epoch and (epoch .. ' ' .. count) or ''
   if missed then
@@ -335,6 +351,7 @@ for u = 1, m do
   out[#out + 1] = readf == '1' and table.concat(redis.call('ZRANGE', fk, 0, -1, 'WITHSCORES'), '\\31') or ''
   if bound ~= '' then prune(hk, fk, bound) end
 end
+push_pairs('MSET', sets)
 return out
 """
 
@@ -423,7 +440,10 @@ class RedisStore(OnlineStore):
         conn = self._conn
         for attempt in (0, 1):
             try:
-                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                if _pack is not None:  # redis-py's packer checks every argument's type in Python first
+                    conn.send_packed_command([_pack(("EVALSHA", script.sha, len(keys), *keys, *args))])
+                else:
+                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 return conn.read_response()
             except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it, once
                 if attempt:
@@ -495,45 +515,43 @@ class RedisStore(OnlineStore):
         ids = [tx.transaction_id for tx in txs]
         if SEP in "".join(ids):
             raise ValueError(f"a transaction_id contains the control character \\x1f: {ids}")
+        times = [tx.t_us for tx in txs]
+        # The call's entities, per column in order of first appearance (list comprehensions and dicts per
+        # column: a loop over transactions and columns cost more than the script it prepares).
         index: dict[tuple[str, str], int] = {}  # (entity, id) -> 0-based position in the call
-        newest: list[int] = []  # per entity: its latest transaction in the batch
-        rows: list[list[int]] = []  # per entity: the call's transactions of it (positions, in order)
-        slots: dict[str, list[int]] = {e: [] for e in order}
+        slots: dict[str, list[int]] = {}
+        for e in order:
+            eids = [tx.entities[e] for tx in txs]
+            first = {eid: len(index) + i for i, eid in enumerate(dict.fromkeys(eids))}
+            index.update({(e, eid): u for eid, u in first.items()})
+            slots[e] = [first[eid] for eid in eids]
+        rows: list[list[int]] = [[] for _ in index]  # per entity: the call's transactions of it, in order
+        for e in order:
+            for k, u in enumerate(slots[e]):
+                rows[u].append(k)
         ent_keys: list[str] = []
-        records: list[str] = []
-        fraud = [e in self.fraud_entities for e in order]
-        for k, tx in enumerate(txs):
-            t = tx.t_us
-            fraud_keys = []
-            for e, is_fraud in zip(order, fraud, strict=True):
-                eid = tx.entities[e]
-                u = index.get((e, eid))
-                if u is None:
-                    u = index[(e, eid)] = len(newest)
-                    ent_keys += [f"{prefix}h:{e}:{eid}", f"{prefix}f:{e}:{eid}", f"{prefix}v:{e}:{eid}"]
-                    newest.append(t)
-                    rows.append([k])
-                else:
-                    rows[u].append(k)
-                    if t > newest[u]:
-                        newest[u] = t
-                slots[e].append(u)
-                if is_fraud:
-                    fraud_keys.append(ent_keys[3 * u + 1])
-            records.append(f"{t}\n\n" + "\n".join(fraud_keys))  # as _record writes it
+        for e, eid in index:
+            ent_keys += (f"{prefix}h:{e}:{eid}", f"{prefix}f:{e}:{eid}", f"{prefix}v:{e}:{eid}")
+        fraud_slots = [slots[e] for e in order if e in self.fraud_entities]
+        records = [f"{t}\n\n" + "\n".join([ent_keys[3 * s[k] + 1] for s in fraud_slots])  # as _record
+                   for k, t in enumerate(times)]
         members = [_member(tx) for tx in txs] if write else []
         labels = [str(k + 1) for k in range(n)]
+        in_order = all(a <= b for a, b in zip(times, times[1:], strict=False))
         ent_args: list[str] = []
         bounds: list[int | None] = []
-        for u, ((e, eid), latest) in enumerate(zip(index, newest, strict=True)):
+        for (e, eid), mine in zip(index, rows, strict=True):
             held = cache.get((e, eid))
-            bound = latest - lookback[e] if write else None
-            if bound is not None and held is not None and held.history.oldest() >= bound:
-                bound = None  # our copy says nothing is old enough (if the copy is stale, Redis keeps more)
+            bound = None
+            if write:  # the entity's latest transaction sets what can go
+                bound = (times[mine[-1]] if in_order else max(times[k] for k in mine)) - lookback[e]
+                if held is not None and held.history.oldest() >= bound:
+                    bound = None  # nothing is old enough, says our copy (a stale copy: Redis keeps more)
             bounds.append(bound)
-            mine = rows[u] if write else []
-            ent_args += [held.version if held else "", "" if bound is None else str(bound),
-                         "1" if e in self.fraud_entities else "0", str(len(mine))]
+            if not write:
+                mine = []
+            ent_args += (held.version if held else "", "" if bound is None else str(bound),
+                         "1" if e in self.fraud_entities else "0", str(len(mine)))
             ent_args += [labels[k] for k in mine]
             ent_args += [members[k] for k in mine]
         token = f"{self._token_base}:{next(self._tokens)}"
