@@ -13,9 +13,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from ml.features.online import WINDOW_ENTITIES, TxEvent, to_us
+from ml.features.online import EPOCH, ONE_US, WINDOW_ENTITIES, TxEvent
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENTITY_FIELDS = tuple(WINDOW_ENTITIES)
 MAX_BATCH = 10_000  # transactions per /score_batch request (larger requests get HTTP 400)
 
 Identifier = Annotated[StrictStr | StrictInt, Field(description="String or integer identifier.")]
@@ -47,8 +48,8 @@ class Transaction(BaseModel):
         t = self.tx_datetime
         if t.tzinfo is not None:
             t = t.astimezone(UTC).replace(tzinfo=None)
-        entities = {e: str(getattr(self, e)) for e in WINDOW_ENTITIES}
-        return TxEvent(str(self.transaction_id), to_us(t), entities, float(self.tx_amount), t)
+        entities = {e: str(getattr(self, e)) for e in _ENTITY_FIELDS}
+        return TxEvent(str(self.transaction_id), (t - EPOCH) // ONE_US, entities, float(self.tx_amount), t)
 
 
 class Reason(BaseModel):
