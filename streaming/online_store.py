@@ -516,19 +516,21 @@ class RedisStore(OnlineStore):
         if SEP in "".join(ids):
             raise ValueError(f"a transaction_id contains the control character \\x1f: {ids}")
         times = [tx.t_us for tx in txs]
-        # The call's entities, per column in order of first appearance (list comprehensions and dicts per
-        # column: a loop over transactions and columns cost more than the script it prepares).
+        # The call's entities, column by column in order of first appearance.
         index: dict[tuple[str, str], int] = {}  # (entity, id) -> 0-based position in the call
         slots: dict[str, list[int]] = {}
+        rows: list[list[int]] = []  # per entity: the call's transactions of it, in order
         for e in order:
-            eids = [tx.entities[e] for tx in txs]
-            first = {eid: len(index) + i for i, eid in enumerate(dict.fromkeys(eids))}
-            index.update({(e, eid): u for eid, u in first.items()})
-            slots[e] = [first[eid] for eid in eids]
-        rows: list[list[int]] = [[] for _ in index]  # per entity: the call's transactions of it, in order
-        for e in order:
-            for k, u in enumerate(slots[e]):
-                rows[u].append(k)
+            column = slots[e] = []
+            for k, tx in enumerate(txs):
+                key = (e, tx.entities[e])
+                u = index.get(key)
+                if u is None:
+                    u = index[key] = len(rows)
+                    rows.append([k])
+                else:
+                    rows[u].append(k)
+                column.append(u)
         ent_keys: list[str] = []
         for e, eid in index:
             ent_keys += (f"{prefix}h:{e}:{eid}", f"{prefix}f:{e}:{eid}", f"{prefix}v:{e}:{eid}")
@@ -537,7 +539,7 @@ class RedisStore(OnlineStore):
                    for k, t in enumerate(times)]
         members = [_member(tx) for tx in txs] if write else []
         labels = [str(k + 1) for k in range(n)]
-        in_order = all(a <= b for a, b in zip(times, times[1:], strict=False))
+        in_order = n < 2 or all(a <= b for a, b in zip(times, times[1:], strict=False))
         ent_args: list[str] = []
         bounds: list[int | None] = []
         for (e, eid), mine in zip(index, rows, strict=True):
