@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
+from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
 
 from ml.features.batch import EMPTY as EMPTY_COLUMNS
 from ml.features.batch import BatchColumns, EntityColumns, states_of
@@ -38,11 +39,6 @@ class Label:
     tx_fraud: int
     label_us: int
 
-
-try:  # the C packer redis-py uses when hiredis is installed, called directly (see RedisStore._eval)
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - hiredis is a dependency
-    _pack = None
 
 SEP = "\x1f"  # joins a window's members and scores in Redis replies; ids must not contain it
 
@@ -440,10 +436,8 @@ class RedisStore(OnlineStore):
         conn = self._conn
         for attempt in (0, 1):
             try:
-                if _pack is not None:  # redis-py's packer checks every argument's type in Python first
-                    conn.send_packed_command([_pack(("EVALSHA", script.sha, len(keys), *keys, *args))])
-                else:
-                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                # Packed here: redis-py's send_command checks every argument's type in Python first.
+                conn.send_packed_command([pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))])
                 return conn.read_response()
             except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load it, once
                 if attempt:
