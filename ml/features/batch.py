@@ -32,13 +32,14 @@ from ml.features.online import (
 from ml.features.spec import BY_NAME, FEATURE_NAMES
 
 _DAY_US, _HOUR_US = 86_400_000_000, 3_600_000_000
-# Smaller batches may go one by one. Measured (in-process store, 23 features): numpy costs ~300 µs a call
-# whatever the size up to a dozen transactions and the entities' history lengths; one by one costs ~40 µs a
-# transaction plus ~0.5 µs per history entry of its entities (1 tx: 87 µs with ~90 entries, 280 µs with
-# ~450, 927 µs with ~1,800; 3 tx with ~90 entries each: 279 µs; 4 tx: 392 against 323 µs with numpy).
-PER_TX_BELOW = 4
-_PER_TX_COST = 80  # one transaction one by one, in history entries (40 µs / 0.5 µs)
-_NUMPY_COST = 600  # a numpy call, in history entries (300 µs / 0.5 µs)
+# Smaller batches may go one by one. Measured through the Redis store (23 features, medians of 300 calls,
+# the store's call included on both sides): numpy costs ~195 µs a call plus ~50 µs a transaction, whatever
+# the histories; one by one ~76 µs a transaction plus ~0.14 µs per history entry of the call's entities
+# (1 tx with ~10 entries: 184 against 348 µs; 1 with ~900: 307 against 359; 4 with ~130 each: 441 against
+# 467; 6 with ~130: 620 against 559). In history entries: one by one wins while 186 n + entries < 1,390.
+PER_TX_BELOW = 8
+_PER_TX_COST = 186  # one transaction one by one beyond numpy's per-transaction cost, in entries (26 / 0.14)
+_NUMPY_COST = 1390  # numpy's fixed cost of a call, in history entries (195 µs / 0.14 µs)
 
 # numpy counterparts of ml.features.online.ROW_PY (times in µs since 1970-01-01, a Thursday: ISO day 4).
 ROW_NP = {
@@ -220,10 +221,13 @@ def states_of(txs: Sequence[TxEvent], k: int, cols: BatchColumns) -> dict[str, E
         c = cols.entities[int(cols.slots[e][k])]
         lo = tx.t_us - to_us(lookback)
         i, j = np.searchsorted(c.times, lo, "left"), np.searchsorted(c.times, tx.t_us, "right")
-        keep = [p for p in range(i, j) if c.ids[p] not in later]
+        # Slices turned into lists at once: indexing numpy element by element cost ~0.3 µs an entry.
+        times, ids, amounts = c.times[i:j].tolist(), list(c.ids[i:j]), c.amounts[i:j].tolist()
+        if later:
+            keep = [p for p, tid in enumerate(ids) if tid not in later]
+            times, ids, amounts = [times[p] for p in keep], [ids[p] for p in keep], [amounts[p] for p in keep]
         in_window = (c.fraud_times >= lo) & (c.fraud_times <= tx.t_us)
-        history = ([int(c.times[p]) for p in keep], [c.ids[p] for p in keep],
-                   [float(c.amounts[p]) for p in keep])
+        history = (times, ids, amounts)
         frauds = zip(c.fraud_times[in_window].tolist(), c.fraud_labels[in_window].tolist(), strict=True)
         states[e] = EntityState(columns=history, frauds=list(frauds))
     return states
