@@ -16,7 +16,9 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,23 +134,59 @@ def _env_float(name: str) -> float | None:
     return float(value) if value else None
 
 
-class ChampionPoller(threading.Thread):
-    """Background check for a newly promoted champion every ``interval_s`` seconds (0 disables)."""
+def reload_signal_path(settings: Settings) -> Path:
+    """The file ``/reload`` touches so that every worker sharing the model store reloads, not only the one
+    that answered (workers of one ``bentoml serve`` share no memory)."""
+    return settings.bentoml_home / "fraud-reload-requested"
 
-    def __init__(self, scorer: Scorer, interval_s: float):
+
+class ChampionPoller(threading.Thread):
+    """Background check for a newly promoted champion every ``interval_s`` seconds (0: no periodic check),
+    and within ``signal_check_s`` of another worker's ``/reload`` (the signal file's change time)."""
+
+    def __init__(self, scorer: Scorer, interval_s: float, signal: Path | None = None,
+                 signal_check_s: float = 1.0):
         super().__init__(daemon=True, name="champion-poller")
-        self.scorer, self.interval_s = scorer, interval_s
+        self.scorer, self.interval_s, self.signal = scorer, interval_s, signal
+        self.tick_s = min(interval_s, signal_check_s) if interval_s > 0 else signal_check_s
+        self._seen = _mtime(signal)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
+        next_poll = time.monotonic() + self.interval_s
+        while not self._stop_event.wait(self.tick_s):
+            seen = _mtime(self.signal)  # a stat a second: no model-store scan unless asked
+            due = self.interval_s > 0 and time.monotonic() >= next_poll
+            if seen == self._seen and not due:
+                continue
+            self._seen = seen
+            next_poll = time.monotonic() + self.interval_s
             try:
                 self.scorer.reload_if_newer()
             except Exception as exc:  # never let the poller die silently on a transient store error
                 log.warning("champion poll failed: %s", exc)
 
+    def signal_others(self) -> None:
+        """Tell the other workers' pollers to check for a new champion now (this one just did)."""
+        if self.signal is None:
+            return
+        try:
+            self.signal.parent.mkdir(parents=True, exist_ok=True)
+            self.signal.write_text(f"{time.time_ns()} {os.getpid()}\n")
+        except OSError as exc:  # a read-only model store: the others still follow at their next poll
+            log.warning("cannot signal a reload at %s: %s", self.signal, exc)
+            return
+        self._seen = _mtime(self.signal)
+
     def stop(self) -> None:
         self._stop_event.set()
+
+
+def _mtime(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_mtime_ns if path is not None else None
+    except FileNotFoundError:
+        return None
 
 
 class MicroBatcher:

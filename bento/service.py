@@ -1,9 +1,9 @@
 """BentoML scoring service: ``bentoml serve`` from the repo root (= ``bento.service:FraudScorer``).
 
 Endpoints: ``POST /score`` (one transaction), ``POST /score_batch`` (up to ``MAX_BATCH``), ``POST /reload``
-(pick up a newly promoted champion now), plus BentoML's ``/livez``, ``/readyz`` (model loaded and online
-store reachable; the 503 body says why not), ``/metrics`` (Prometheus), the OpenAPI UI at ``/`` and its
-document at ``/docs.json``.
+(pick up a newly promoted champion now, in every worker), plus BentoML's ``/livez``, ``/readyz`` (model
+loaded and online store reachable; the 503 body says why not), ``/metrics`` (Prometheus), the OpenAPI UI
+at ``/`` and its document at ``/docs.json``.
 
 Configuration (environment): ``FRAUD_ONLINE_STORE`` memory|redis, ``FRAUD_REDIS_URL``, ``FRAUD_REDIS_PREFIX``,
 ``FRAUD_STORE_FAILURE`` closed|open, ``FRAUD_THRESHOLD`` (overrides the champion's), ``FRAUD_MODEL_POLL_S``
@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 
 from bento.champion import MODEL_NAME, use_project_model_store
 from bento.schemas import MAX_BATCH, BatchResult, ScoreResult, Transaction
-from bento.scoring import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer
+from bento.scoring import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
 from streaming.online_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,9 @@ class FraudScorer:
         # full collections, whose pause is proportional to the objects tracked, out of the latency tail.
         gc.collect()
         gc.freeze()
-        self.poller = ChampionPoller(self.scorer, float(os.environ.get("FRAUD_MODEL_POLL_S", "30")))
-        if self.poller.interval_s > 0:
-            self.poller.start()
+        self.poller = ChampionPoller(self.scorer, float(os.environ.get("FRAUD_MODEL_POLL_S", "30")),
+                                     signal=reload_signal_path(self.scorer.settings))
+        self.poller.start()
 
     def _count(self, decision: str, n: int = 1) -> None:
         # Labelled children are cached: prometheus' labels() lookup costs as much as a feature computation.
@@ -124,8 +124,10 @@ class FraudScorer:
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:
-        """Load the latest promoted champion now (without dropping requests); returns what is served."""
+        """Load the latest promoted champion now (without dropping requests); returns what this worker
+        serves. The other workers follow within a second (the reload signal file)."""
         loaded = self.scorer.reload_if_newer()
+        self.poller.signal_others()
         champ = self.scorer.champion
         return {"reloaded": loaded is not None, "model_tag": champ.tag if champ else None,
                 "error": self.scorer.load_error}

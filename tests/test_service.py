@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -270,15 +271,17 @@ def test_redis_down_fail_open(monkeypatch, private_redis) -> None:
         assert c.post("/score", json={**TX, "transaction_id": "t-2"}).json()["degraded"] is False
 
 
-def test_bentoml_serve_process(tmp_path) -> None:
-    """`bentoml serve` from the repo root: /score with reasons, /readyz, /metrics, OpenAPI."""
+@contextmanager
+def _served(tmp_path: Path, **env: str):
+    """A `bentoml serve` process from the repo root (its base URL once /readyz is 200), stopped after."""
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory"}
+    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory", **env}
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    log = tmp_path / f"serve-{port}.log"
     proc = subprocess.Popen([bentoml, "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
-                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -288,21 +291,57 @@ def test_bentoml_serve_process(tmp_path) -> None:
                     break
             except httpx.HTTPError:
                 pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
-        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10)
-        log = (tmp_path / "serve.log").read_text()[-3000:]
-        assert r.status_code == 200 and len(r.json()["reasons"]) == 3, log
-        metrics = httpx.get(f"{base}/metrics", timeout=5).text
-        assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
-        spec = httpx.get(f"{base}/docs.json", timeout=5).json()
-        assert {"/score", "/score_batch", "/reload"} <= set(spec["paths"])
+        yield base, log
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_bentoml_serve_process(tmp_path) -> None:
+    """`bentoml serve` from the repo root: /score with reasons, /readyz, /metrics, OpenAPI."""
+    import httpx
+
+    with _served(tmp_path) as (base, log):
+        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10)
+        assert r.status_code == 200 and len(r.json()["reasons"]) == 3, log.read_text()[-3000:]
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
+        spec = httpx.get(f"{base}/docs.json", timeout=5).json()
+        assert {"/score", "/score_batch", "/reload"} <= set(spec["paths"])
+
+
+def test_reload_reaches_every_worker(tmp_path) -> None:
+    """Two workers (Redis features, no periodic poll): one /reload, answered by one worker, and within a
+    couple of seconds every answer, on fresh connections spread over both workers, has the new champion."""
+    import httpx
+    from conftest import private_redis_store
+
+    store = private_redis_store("reload")
+    try:
+        with _served(tmp_path, FRAUD_SERVE_WORKERS="2", FRAUD_ONLINE_STORE="redis",
+                     FRAUD_REDIS_PREFIX=store.prefix) as (base, log):
+            def served_tags(n: int) -> set[str]:
+                tags = set()
+                for _ in range(n):  # a new client each: a new connection, accepted by either worker
+                    tx = {**TX, "transaction_id": uuid.uuid4().hex}
+                    r = httpx.post(f"{base}/score", json=tx, timeout=10)
+                    assert r.status_code == 200, log.read_text()[-3000:]
+                    tags.add(r.json()["model_tag"])
+                return tags
+
+            old = served_tags(4)
+            new_tag = save_standin_champion(n_trees=12, seed=2)
+            assert new_tag not in old
+            assert httpx.post(f"{base}/reload", timeout=30).json()["model_tag"] == new_tag
+            time.sleep(2.5)  # the other worker's poller checks the reload signal every second
+            assert served_tags(30) == {new_tag}
+    finally:
+        store.clear()
 
 
 def test_bento_packs_the_champion_and_every_module_the_service_imports() -> None:
