@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.features.batch import compute_batch
+from ml.features.batch import TxColumns, compute_batch
 from ml.features.online import TxEvent, compute_features, to_us, tx_event
 from ml.features.spec import FEATURE_NAMES
 from streaming.online_store import Label, MemoryStore, OnlineStore, StoreUnavailable, make_store
@@ -52,9 +52,14 @@ class OnlineFeatures:
             states = self.store.apply(events, write=True, read=True)
             return np.array([self.vector(compute_features(ev, st or {}))
                              for ev, st in zip(events, states, strict=True)]).reshape(len(events), -1)
-        step = getattr(self.store, "max_call_txs", None) or max(len(events), 1)
+        return self.score_columns(TxColumns.of(events), per_tx_below)
+
+    def score_columns(self, txs: TxColumns, per_tx_below: int | None = None) -> np.ndarray:
+        """``score_events`` for transactions in time order given as columns (bulk scoring): one store call
+        per ``max_call_txs`` of them."""
+        step = getattr(self.store, "max_call_txs", None) or max(len(txs), 1)
         parts = [compute_batch(chunk, self.store.apply_columns(chunk), per_tx_below)
-                 for chunk in (events[i:i + step] for i in range(0, len(events), step))]
+                 for chunk in (txs.slice(i, i + step) for i in range(0, len(txs), step))]
         return np.vstack(parts) if parts else np.empty((0, len(FEATURE_NAMES)))
 
     def features_at(self, tx: Mapping[str, Any]) -> dict[str, float]:

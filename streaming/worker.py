@@ -231,7 +231,8 @@ class WorkerStats:
 
 def build_store(settings, redis_prefix: str | None = None):
     """The configured online store; Redis keeps ``REPLAY_MARGIN`` more history (see above)."""
-    from streaming.online_store import MemoryStore, RedisStore
+    from streaming.online_store import MemoryStore
+    from streaming.redis_store import RedisStore
 
     if settings.online_store == "memory":
         return MemoryStore()

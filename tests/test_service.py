@@ -153,6 +153,42 @@ def test_batch_limits(client) -> None:
     assert r.status_code == 400 and "tx_amount" in r.text
 
 
+def _columns(txs: list[dict]) -> dict[str, list]:
+    return {k: [tx[k] for tx in txs] for k in TX}
+
+
+def test_columns_score_as_rows_do(client) -> None:
+    """/score_columns gives the probabilities /score_batch gives the same transactions (sent again: a
+    re-delivery is scored as of its time without itself, so on the same features), in the request's order."""
+    txs = [{**TX, "transaction_id": f"col-{i}", "customer_id": f"cc-{i % 2}", "tx_amount": 10.0 + 30 * i,
+            "tx_datetime": f"2018-09-30T13:00:{i:02d}"} for i in range(6)]
+    r = client.post("/score_columns", json=_columns(txs))
+    assert r.status_code == 200, r.text
+    cols = r.json()
+    assert cols["transaction_id"] == [t["transaction_id"] for t in txs]
+    assert cols["model_tag"] and cols["degraded"] is False and len(cols["decision"]) == 6
+    rows = client.post("/score_batch", json={"transactions": txs}).json()["results"]
+    assert cols["fraud_probability"] == pytest.approx([x["fraud_probability"] for x in rows], abs=1e-9)
+    assert cols["decision"] == [x["decision"] for x in rows]
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda c: {**c, "tx_amount": c["tx_amount"][:-1] + [-1.0]}, "tx_amount"),  # negative amount
+    (lambda c: {**c, "customer_id": c["customer_id"][:-1]}, "customer_id"),  # columns of different lengths
+    (lambda c: {k: v for k, v in c.items() if k != "terminal_id"}, "terminal_id"),  # missing column
+    (lambda c: {**c, "transaction_id": ["x", ""]}, "transaction_id"),  # empty id
+    (lambda c: {**c, "terminal_id": ["T", "t\x1f"]}, "terminal_id"),  # control character
+    (lambda c: {**c, "tx_datetime": ["2018-09-30T12:00:00", "yesterday"]}, "tx_datetime"),  # invalid time
+    (lambda c: {k: [] for k in c}, "transaction_id"),  # empty batch
+    (lambda c: {k: v * (MAX_BATCH // 2 + 1) for k, v in c.items()}, "transaction_id"),  # oversized batch
+])
+def test_columns_bad_input_is_400_with_reason(client, change, field) -> None:
+    good = _columns([TX, {**TX, "transaction_id": "t-2"}])
+    r = client.post("/score_columns", json=change(good))
+    assert r.status_code == 400, r.text
+    assert field in r.text, r.text
+
+
 def test_hot_reload(client) -> None:
     before = client.post("/score", json=TX).json()["model_tag"]
     new_tag = save_standin_champion(n_trees=10, seed=1)
@@ -253,10 +289,14 @@ def test_redis_down_and_back_fail_closed(monkeypatch, private_redis) -> None:
         ready = c.get("/readyz")
         assert ready.status_code == 503 and "online store unreachable" in ready.text
         assert c.get("/livez").status_code == 200  # alive, just not ready
+        r = c.post("/score_columns", json=_columns([{**TX, "transaction_id": "t-down-2"}]))
+        assert r.status_code == 503 and "online store" in r.text
         start()
         r = c.post("/score", json={**TX, "transaction_id": "t-back"})
         assert r.status_code == 200, r.text
         assert c.get("/readyz").status_code == 200
+        r = c.post("/score_columns", json=_columns([{**TX, "transaction_id": "t-back-2"}]))
+        assert r.status_code == 200 and r.json()["degraded"] is False, r.text
 
 
 def test_redis_down_fail_open(monkeypatch, private_redis) -> None:
@@ -266,6 +306,8 @@ def test_redis_down_fail_open(monkeypatch, private_redis) -> None:
         stop()
         r = c.post("/score", json=TX)
         assert r.status_code == 200 and r.json()["degraded"] is True
+        r = c.post("/score_columns", json=_columns([TX, {**TX, "transaction_id": "t-3"}]))
+        assert r.status_code == 200 and r.json()["degraded"] is True, r.text
         assert c.get("/readyz").status_code == 503
         start()
         assert c.post("/score", json={**TX, "transaction_id": "t-2"}).json()["degraded"] is False
@@ -353,7 +395,7 @@ def test_bento_packs_the_champion_and_every_module_the_service_imports() -> None
     from bento.champion import MODEL_NAME
 
     # A Redis store is built too (it connects lazily): its modules are imported when the service makes one.
-    listing = ("import sys, bento.service, streaming.online_store as s; s.RedisStore(prefix='x:'); "
+    listing = ("import sys, bento.service, streaming.redis_store as s; s.RedisStore(prefix='x:'); "
                "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))")
     out = subprocess.run([sys.executable, "-c", listing], cwd=PROJECT_ROOT, env=dict(os.environ),
                          capture_output=True, text=True, check=True).stdout.split()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from ml.features.online import (
     EntityState,
     TxEvent,
     compute_features,
+    from_us,
     to_us,
 )
 from ml.features.spec import BY_NAME, FEATURE_NAMES
@@ -47,6 +49,45 @@ ROW_NP = {
     "weekend": lambda amount, t_us: ((t_us // _DAY_US + 3) % 7 >= 5).astype(np.float64),
     "night": lambda amount, t_us: ((t_us // _HOUR_US) % 24 <= 6).astype(np.float64),
 }
+
+
+@dataclass
+class TxColumns:
+    """Transactions as columns: what bulk scoring carries instead of one ``TxEvent`` per transaction (building
+    and taking apart thousands of tuples cost more than the features of a batch)."""
+
+    ids: list[str]
+    t_us: np.ndarray  # int64 µs since 1970-01-01 (UTC)
+    amounts: np.ndarray  # float64
+    entities: dict[str, list[str]]  # entity column -> per transaction, its id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of(cls, txs: Sequence[TxEvent] | TxColumns) -> TxColumns:
+        if isinstance(txs, TxColumns):
+            return txs
+        n = len(txs)
+        return cls([tx.transaction_id for tx in txs], np.fromiter((tx.t_us for tx in txs), np.int64, n),
+                   np.fromiter((tx.amount for tx in txs), np.float64, n),
+                   {e: [tx.entities[e] for tx in txs] for e in WINDOW_ENTITIES})
+
+    def event(self, k: int) -> TxEvent:
+        """Transaction k as an event (the per-transaction path)."""
+        t = int(self.t_us[k])
+        return TxEvent(self.ids[k], t, {e: ids[k] for e, ids in self.entities.items()},
+                       float(self.amounts[k]), from_us(t))
+
+    def slice(self, i: int, j: int) -> TxColumns:
+        return TxColumns(self.ids[i:j], self.t_us[i:j], self.amounts[i:j],
+                         {e: ids[i:j] for e, ids in self.entities.items()})
+
+    def in_time_order(self) -> bool:
+        return len(self.t_us) < 2 or bool((self.t_us[1:] >= self.t_us[:-1]).all())
+
+    def times(self) -> list[datetime]:
+        return [from_us(t) for t in self.t_us.tolist()]
 
 
 @dataclass
@@ -72,10 +113,12 @@ class BatchColumns:
     entities: list[EntityColumns]
 
 
-def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns, per_tx_below: int | None = None) -> np.ndarray:
+def compute_batch(txs: Sequence[TxEvent] | TxColumns, cols: BatchColumns, per_tx_below: int | None = None
+                  ) -> np.ndarray:
     """Every spec feature of every transaction as of its time: an (n, features) array in spec order.
     Fewer than ``per_tx_below`` transactions go one by one; by default, fewer than ``PER_TX_BELOW`` whose
     entities' histories are short enough for that to cost less than numpy's fixed cost."""
+    txs = TxColumns.of(txs)
     n = len(txs)
     if per_tx_below is not None:
         one_by_one = n < per_tx_below
@@ -85,17 +128,16 @@ def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns, per_tx_below: int 
     if one_by_one:
         out = np.empty((n, len(FEATURE_NAMES)))
         for k in range(n):
-            feats = compute_features(txs[k], states_of(txs, k, cols))
+            feats = compute_features(txs.event(k), states_of(txs, k, cols))
             out[k] = [feats[name] for name in FEATURE_NAMES]
         return out
-    t = np.fromiter((tx.t_us for tx in txs), np.int64, n)
-    amount = np.fromiter((tx.amount for tx in txs), np.float64, n)
+    t, amount = txs.t_us, txs.amounts
     flat = _Flat(cols.entities, t)
     out = np.empty((n, len(FEATURE_NAMES)))
     fast = cols.new.copy()
     for e in WINDOW_ENTITIES:  # the fast path holds when the entity's only entry at t is this transaction
         u = cols.slots[e]
-        fast &= flat.search(u, t, "right") - flat.search(u, t, "left") == 1
+        fast &= flat.search(u, 0, "right") - flat.search(u, 0, "left") == 1
     shared: dict[tuple, tuple] = {}
     done: dict[str, np.ndarray] = {}
     for j, (kind, name, a, b, w, d) in enumerate(_STEPS):
@@ -104,24 +146,24 @@ def compute_batch(txs: Sequence[TxEvent], cols: BatchColumns, per_tx_below: int 
         elif kind == _DELAYED:
             key = (b, w, d)
             if key not in shared:
-                shared[key] = flat.delayed(cols.slots[b], t, w, d)
+                shared[key] = flat.delayed(cols.slots[b], w, d)
             count, frauds = shared[key]
             col = np.divide(frauds, count, out=np.zeros(n), where=count > 0) if a else count.astype(float)
         elif kind == _RATIO:
             num, den = _ref(a, amount, done), _ref(b, amount, done)
             col = np.divide(num, den, out=np.zeros(n), where=den > 0)
         elif a == "max":
-            col = flat.earlier_max(cols.slots[b], t, w)
+            col = flat.earlier_max(cols.slots[b], w)
         else:
             key = (b, w)
             if key not in shared:
-                shared[key] = flat.trailing(cols.slots[b], t, w, amount)
+                shared[key] = flat.trailing(cols.slots[b], w, amount)
             count, total = shared[key]
             col = total / count if a == "mean" else count.astype(np.float64)
         out[:, j] = col
         done[name] = col
-    for k in np.flatnonzero(~fast):  # rare: re-deliveries and same-instant peers, one by one
-        feats = compute_features(txs[k], states_of(txs, k, cols))
+    for k in np.flatnonzero(~fast).tolist():  # rare: re-deliveries and same-instant peers, one by one
+        feats = compute_features(txs.event(k), states_of(txs, k, cols))
         out[k] = [feats[name] for name in FEATURE_NAMES]
     return out
 
@@ -135,19 +177,23 @@ def _ref(name: str, amount: np.ndarray, done: dict[str, np.ndarray]) -> np.ndarr
 
 
 class _Flat:
-    """The batch's entity columns end to end, keyed (entity slot, time) so one searchsorted serves all."""
+    """The batch's entity columns end to end, keyed (entity slot, time) so one searchsorted serves all; the
+    positions of the batch's times (shifted by a window or delay) in them, each searched once."""
 
     def __init__(self, entities: list[EntityColumns], t: np.ndarray):
         reach = max((to_us(lb) for lb in WINDOW_ENTITIES.values()), default=0)
         times = [c.times for c in entities]
-        lows = [int(t.min()) - reach] + [int(x[0]) for x in times if len(x)]
-        highs = [int(t.max())] + [int(x[-1]) for x in times if len(x)]
-        self.base, self.span = min(lows), max(highs) - min(lows) + 1
+        all_times = np.concatenate(times) if times else np.empty(0, np.int64)
+        low, high = int(t.min()) - reach, int(t.max())
+        if len(all_times):
+            low, high = min(low, int(all_times.min())), max(high, int(all_times.max()))
+        self.base, self.span = low, high - low + 1
         if self.span * max(len(entities), 1) >= 2**62:
             raise ValueError("batch spans too long a time for one composite key")
         lengths = np.fromiter((len(x) for x in times), np.int64, len(entities))
         owner = np.repeat(np.arange(len(entities), dtype=np.int64), lengths)
-        all_times = np.concatenate(times) if times else np.empty(0, np.int64)
+        self.t = t
+        self._found: dict[tuple, np.ndarray] = {}
         self.keys = owner * self.span + (all_times - self.base)
         # One trailing 0 so that an index equal to the length is valid for reduceat.
         self.amounts = np.append(np.concatenate([c.amounts for c in entities]) if entities else [], 0.0)
@@ -159,27 +205,31 @@ class _Flat:
         order = np.argsort(f_keys, kind="stable")
         self.f_keys, self.f_labels = f_keys[order], f_labels[order]
 
-    def search(self, slot: np.ndarray, x: np.ndarray, side: str, keys: np.ndarray | None = None
-               ) -> np.ndarray:
-        """Positions of time x in each row's entity (``keys``: the fraud keys instead of the history)."""
-        where = slot * self.span + (x - self.base)
-        return np.searchsorted(self.keys if keys is None else keys, where, side)
+    def search(self, slot: np.ndarray, back: int, side: str, frauds: bool = False) -> np.ndarray:
+        """Positions of time t - back in each row's entity (its known frauds instead of its history if
+        ``frauds``). The windows of an entity share their bounds, so each search is done once."""
+        key = (id(slot), back, side, frauds)
+        found = self._found.get(key)
+        if found is None:
+            where = slot * self.span + (self.t - back - self.base)
+            found = self._found[key] = np.searchsorted(self.f_keys if frauds else self.keys, where, side)
+        return found
 
-    def trailing(self, slot, t, w, amount) -> tuple[np.ndarray, np.ndarray]:
+    def trailing(self, slot, w, amount) -> tuple[np.ndarray, np.ndarray]:
         """(count, sum) of the earlier transactions in [t - w, t) plus this one (fast-path rows)."""
-        lo, hi = self.search(slot, t - w, "left"), self.search(slot, t, "left")
+        lo, hi = self.search(slot, w, "left"), self.search(slot, 0, "left")
         return hi - lo + 1, _reduce(np.add, self.amounts, lo, hi, 0.0) + amount
 
-    def earlier_max(self, slot, t, w) -> np.ndarray:
-        lo, hi = self.search(slot, t - w, "left"), self.search(slot, t, "left")
+    def earlier_max(self, slot, w) -> np.ndarray:
+        lo, hi = self.search(slot, w, "left"), self.search(slot, 0, "left")
         return _reduce(np.maximum, self.amounts, lo, hi, 0.0)
 
-    def delayed(self, slot, t, w, d) -> tuple[np.ndarray, np.ndarray]:
+    def delayed(self, slot, w, d) -> tuple[np.ndarray, np.ndarray]:
         """(transactions, frauds known at t) with time in [t - d - w, t - d]."""
-        lo_t, hi_t = t - d - w, t - d
-        count = self.search(slot, hi_t, "right") - self.search(slot, lo_t, "left")
-        f_lo = self.search(slot, lo_t, "left", self.f_keys)
-        f_hi = self.search(slot, hi_t, "right", self.f_keys)
+        t = self.t
+        count = self.search(slot, d, "right") - self.search(slot, d + w, "left")
+        f_lo = self.search(slot, d + w, "left", frauds=True)
+        f_hi = self.search(slot, d, "right", frauds=True)
         lengths = f_hi - f_lo
         total = int(lengths.sum())
         frauds = np.zeros(len(t), np.int64)
@@ -206,27 +256,28 @@ def _reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     return np.where(hi > lo, out, empty)
 
 
-def states_of(txs: Sequence[TxEvent], k: int, cols: BatchColumns) -> dict[str, EntityState]:
+def states_of(txs: TxColumns, k: int, cols: BatchColumns) -> dict[str, EntityState]:
     """The entity states ``compute_features`` needs for transaction k, as if the batch ran one by one:
     its window of each entity, without the same-instant transactions this call recorded after it."""
-    tx = txs[k]
+    ids, times = txs.ids, txs.t_us
+    t = int(times[k])
     later = set()
-    for m in range(k + 1, len(txs)):
-        if txs[m].t_us != tx.t_us:
+    for m in range(k + 1, len(ids)):
+        if times[m] != t:
             break
         if cols.new[m]:
-            later.add(txs[m].transaction_id)
+            later.add(ids[m])
     states = {}
     for e, lookback in WINDOW_ENTITIES.items():
         c = cols.entities[int(cols.slots[e][k])]
-        lo = tx.t_us - to_us(lookback)
-        i, j = np.searchsorted(c.times, lo, "left"), np.searchsorted(c.times, tx.t_us, "right")
+        lo = t - to_us(lookback)
+        i, j = np.searchsorted(c.times, lo, "left"), np.searchsorted(c.times, t, "right")
         # Slices turned into lists at once: indexing numpy element by element cost ~0.3 µs an entry.
         times, ids, amounts = c.times[i:j].tolist(), list(c.ids[i:j]), c.amounts[i:j].tolist()
         if later:
             keep = [p for p, tid in enumerate(ids) if tid not in later]
             times, ids, amounts = [times[p] for p in keep], [ids[p] for p in keep], [amounts[p] for p in keep]
-        in_window = (c.fraud_times >= lo) & (c.fraud_times <= tx.t_us)
+        in_window = (c.fraud_times >= lo) & (c.fraud_times <= t)
         history = (times, ids, amounts)
         frauds = zip(c.fraud_times[in_window].tolist(), c.fraud_labels[in_window].tolist(), strict=True)
         states[e] = EntityState(columns=history, frauds=list(frauds))

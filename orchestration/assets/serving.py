@@ -13,8 +13,9 @@ import os
 import dagster as dg
 
 from ml.settings import get_settings
-from streaming.online_store import MemoryStore, RedisStore, StoreUnavailable
+from streaming.online_store import MemoryStore, StoreUnavailable
 from streaming.parity import ParityReport, replay_parity
+from streaming.redis_store import RedisStore
 
 FEATURES_TABLE = dg.AssetKey(["fct_transaction_features"])
 
