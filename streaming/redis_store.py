@@ -257,14 +257,23 @@ return 1
 
 
 class _Column:
-    """One entity column of a call: its entities (order of first appearance) and, per entity, the call's
-    transactions: ``grouped[bounds[u]:bounds[u + 1]]`` are entity u's, in call (= time) order."""
+    """One entity column of a call: its entities in order of first appearance, per transaction its entity's
+    position (``codes``), and per entity the call's transactions of it in call (= time) order."""
 
-    def __init__(self, name: str, ids: list[str], codes: np.ndarray):
-        self.name, self.ids = name, ids
-        self.grouped = np.argsort(codes, kind="stable")
-        self.bounds = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum(np.bincount(codes, minlength=len(ids)), out=self.bounds[1:])
+    def __init__(self, name: str, entity_ids: list[str]):
+        self.name = name
+        index: dict[str, int] = {}
+        self.groups: list[list[int]] = []
+        self.codes: list[int] = []
+        for k, eid in enumerate(entity_ids):
+            u = index.get(eid)
+            if u is None:
+                u = index[eid] = len(self.groups)
+                self.groups.append([k])
+            else:
+                self.groups[u].append(k)
+            self.codes.append(u)
+        self.ids = list(index)
 
 
 @dataclass
@@ -417,26 +426,24 @@ class RedisStore(OnlineStore):
             return self._apply_columns(txs, write)
 
     def _apply_columns(self, txs: TxColumns, write: bool) -> BatchColumns:
+        # Plain Python over lists: a call is usually one to a few transactions (the service's drains), where
+        # each numpy call on a tiny array cost more than the loop it replaces; bulk calls lose little.
         prefix, cache, n = self.prefix, self._cache, len(txs)
-        ids, times = txs.ids, txs.t_us
+        ids = txs.ids
         if SEP in "".join(ids):
             raise ValueError(f"a transaction_id contains the control character \\x1f: {ids}")
-        t_list = times.tolist()
+        t_list = txs.t_us.tolist()
         # What the call records: each id once (a later copy in the same call is a re-delivery of the first).
-        sent = np.arange(n)
+        recorded = None
         if write and len(set(ids)) < n:
             seen: set[str] = set()
-            sent = np.array([k for k, tid in enumerate(ids) if not (tid in seen or seen.add(tid))], np.int64)
+            recorded = [not (tid in seen or seen.add(tid)) for tid in ids]
         args = [prefix, str(self.tx_ttl_s), f"{self._token_base}:{next(self._tokens)}"]
-        order = self._record_args(txs, t_list, sent, args) if write else np.empty(0, np.int64)
+        order = self._record_args(txs, t_list, recorded, args) if write else []
         if not write:
             args.append("0")
         members = ([f"{t}|{a!r}|{tid}" for t, a, tid in zip(t_list, txs.amounts.tolist(), ids, strict=True)]
                    if write else [])
-        recorded = None
-        if len(sent) < n:
-            recorded = np.zeros(n, bool)
-            recorded[sent] = True
         # The call's entities, column by column in order of first appearance; per entity its transactions.
         columns: list[_Column] = []
         keys: list[tuple[str, str]] = []
@@ -447,29 +454,25 @@ class RedisStore(OnlineStore):
         pushes: list[int] = []
         next_versions: list[str] = []
         for e in self._entity_order:
-            index: dict[str, int] = {}
-            codes = np.fromiter((index.setdefault(eid, len(index)) for eid in txs.entities[e]), np.int64, n)
-            slots[e] = codes + len(keys)
-            column = _Column(e, list(index), codes)
+            column = _Column(e, txs.entities[e])
+            slots[e] = np.array(column.codes, np.int64) + len(keys)
             columns.append(column)
             keys += [(e, eid) for eid in column.ids]
-            grouped, b = column.grouped, column.bounds.tolist()
-            in_call = (grouped if recorded is None else grouped[recorded[grouped]]).tolist()
-            m = (b if recorded is None else
-                 np.r_[0, np.cumsum(recorded[grouped])][column.bounds].tolist())  # members' bounds
-            latest = times[grouped[column.bounds[1:] - 1]].tolist()  # each entity's last time in the call
             lookback = self.lookback_us[e]
             hp, vp = f"{prefix}h:{e}:", f"{prefix}v:{e}:"
             fp = f"{prefix}f:{e}:" if e in self.fraud_entities else None
-            for u, eid in enumerate(column.ids):
+            for eid, mine in zip(column.ids, column.groups, strict=True):
                 held = cache.get((e, eid))
                 bound = None
                 if write:  # the entity's latest transaction sets what can go
-                    bound = latest[u] - lookback
+                    bound = t_list[mine[-1]] - lookback
                     if held is not None and held.history.oldest() >= bound:
                         bound = None  # nothing is old enough, says our copy (a stale copy: Redis keeps more)
+                    if recorded is not None:
+                        mine = [k for k in mine if recorded[k]]
+                else:
+                    mine = []
                 prunes.append(bound)
-                mine = in_call[m[u]:m[u + 1]] if write else []
                 version = next_version = ""
                 if held is not None:
                     version = held.version
@@ -482,37 +485,35 @@ class RedisStore(OnlineStore):
                 ent_args += [members[k] for k in mine]
         args.append(str(len(keys)))
         reply = self._eval(self._columns, [], args + ent_args)
-        new = np.zeros(n, bool)
-        new[order] = np.frombuffer(reply[0].encode(), np.uint8) == ord("1")
+        new = [False] * n
+        for k, flag in zip(order, reply[0], strict=True):
+            new[k] = flag == "1"
         entities = self._read_reply(txs, reply, columns, keys, prunes, pushes, next_versions, new)
-        return BatchColumns(new=new, slots=slots, entities=entities)
+        return BatchColumns(new=np.array(new, bool), slots=slots, entities=entities)
 
-    def _record_args(self, txs: TxColumns, t_list: list[int], sent: np.ndarray, args: list[str]
-                     ) -> np.ndarray:
+    def _record_args(self, txs: TxColumns, t_list: list[int], recorded: list[bool] | None, args: list[str]
+                     ) -> list[int]:
         """Append the call's records, grouped by record hash, to ``args``; returns the transactions in the
         order the script flags them."""
         ids = txs.ids
         fraud_cols = [(f"{self.prefix}f:{e}:", txs.entities[e]) for e in self._entity_order
                       if e in self.fraud_entities]
-        day = txs.t_us // _DAY_US
-        bucket = np.fromiter((record_bucket(tid) for tid in ids), np.int64, len(ids))
-        code = (day * RECORD_BUCKETS + bucket)[sent]
-        perm = np.argsort(code, kind="stable")
-        code, order = code[perm], sent[perm]
-        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]).tolist() + [len(code)]
-        order_list = order.tolist()
-        args.append(str(len(starts) - 1))
-        for s, e in itertools.pairwise(starts):
-            g = int(code[s])
-            ks = order_list[s:e]
-            args += (f"r:{g // RECORD_BUCKETS}:{g % RECORD_BUCKETS}", str(e - s))
+        hashes: dict[tuple[int, int], list[int]] = {}
+        for k, (tid, t) in enumerate(zip(ids, t_list, strict=True)):
+            if recorded is None or recorded[k]:
+                hashes.setdefault((t // _DAY_US, record_bucket(tid)), []).append(k)
+        args.append(str(len(hashes)))
+        order: list[int] = []
+        for (day, bucket), ks in hashes.items():
+            args += (f"r:{day}:{bucket}", str(len(ks)))
             args += [ids[k] for k in ks]
             for k in ks:  # (id, record): the record is "time\n\nfraud keys" (label time '' until a label)
                 args += (ids[k], f"{t_list[k]}\n\n" + "\n".join([pre + col[k] for pre, col in fraud_cols]))
+            order += ks
         return order
 
     def _read_reply(self, txs: TxColumns, reply: list, columns: list[_Column], keys: list[tuple[str, str]],
-                    prunes: list[int | None], pushes: list[int], next_versions: list[str], new: np.ndarray
+                    prunes: list[int | None], pushes: list[int], next_versions: list[str], new: list[bool]
                     ) -> list[EntityColumns]:
         """Bring the copy up to date from the script's reply; the call's entities as columns."""
         cache = self._cache
@@ -523,9 +524,11 @@ class RedisStore(OnlineStore):
         for column in columns:
             reads_frauds = column.name in self.fraud_entities
             # This column's new transactions grouped by entity: entity v's are fresh[s[v]:s[v + 1]].
-            is_new = new[column.grouped]
-            fresh = column.grouped[is_new]
-            s = np.r_[0, np.cumsum(is_new)][column.bounds].tolist()
+            fresh: list[int] = []
+            s = [0]
+            for group in column.groups:
+                fresh += [k for k in group if new[k]]
+                s.append(len(fresh))
             t_new, a_new, i_new = txs.t_us[fresh], txs.amounts[fresh], ids_arr[fresh]
             for v in range(len(column.ids)):
                 key, hist = keys[u], reply[i]

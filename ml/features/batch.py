@@ -60,6 +60,7 @@ class TxColumns:
     t_us: np.ndarray  # int64 µs since 1970-01-01 (UTC)
     amounts: np.ndarray  # float64
     entities: dict[str, list[str]]  # entity column -> per transaction, its id
+    events: Sequence[TxEvent] | None = None  # the events these columns came from, if they did
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,17 +72,20 @@ class TxColumns:
         n = len(txs)
         return cls([tx.transaction_id for tx in txs], np.fromiter((tx.t_us for tx in txs), np.int64, n),
                    np.fromiter((tx.amount for tx in txs), np.float64, n),
-                   {e: [tx.entities[e] for tx in txs] for e in WINDOW_ENTITIES})
+                   {e: [tx.entities[e] for tx in txs] for e in WINDOW_ENTITIES}, txs)
 
     def event(self, k: int) -> TxEvent:
         """Transaction k as an event (the per-transaction path)."""
+        if self.events is not None:
+            return self.events[k]
         t = int(self.t_us[k])
         return TxEvent(self.ids[k], t, {e: ids[k] for e, ids in self.entities.items()},
                        float(self.amounts[k]), from_us(t))
 
     def slice(self, i: int, j: int) -> TxColumns:
         return TxColumns(self.ids[i:j], self.t_us[i:j], self.amounts[i:j],
-                         {e: ids[i:j] for e, ids in self.entities.items()})
+                         {e: ids[i:j] for e, ids in self.entities.items()},
+                         None if self.events is None else self.events[i:j])
 
     def in_time_order(self) -> bool:
         return len(self.t_us) < 2 or bool((self.t_us[1:] >= self.t_us[:-1]).all())
