@@ -108,8 +108,8 @@ return out
 # changed by every label, so never cached), then the pruning the caller asks for (it knows from its copy
 # whether anything is old enough; without a current copy it always asks). Pruning takes entries from the
 # head only, so the entries pushed after a version are the list's tail while the list is at least that long.
-# ARGV: prefix, ttl_s, new epoch token, number of record hashes g; per hash: key suffix, count c, the c ids,
-# then the c (id, record) pairs; then the number of entities; per entity: history key, version key, fraud
+# ARGV: prefix, ttl_s, new epoch token, number of record hashes g; per hash: key suffix, count c, the c
+# (id, record) pairs; then the number of entities; per entity: history key, version key, fraud
 # key ('' unless its frauds are read), version of the caller's copy ('' if none) and that version plus the
 # c pushed, prune bound ('' for none), count c, its c members (new transactions only, so nothing if the call
 # only reads). Keys and versions come whole from the caller: building a string in Lua cost ~1.7 µs (Redis
@@ -122,11 +122,12 @@ local flags, old = {}, nil
 local a = 5
 for _ = 1, tonumber(ARGV[4]) do
   local key, c = p .. ARGV[a], tonumber(ARGV[a + 1])
-  local ids, pairs_at = a + 2, a + 2 + c
+  local pairs_at = a + 2
   a = pairs_at + 2 * c
-  local got, known = {}, 0
+  local ids, got, known = {}, {}, 0
+  for j = 1, c do ids[j] = ARGV[pairs_at + 2 * j - 2] end
   for s = 0, c - 1, 4000 do
-    local part = redis.call('HMGET', key, unpack(ARGV, ids + s, ids + math.min(s + 3999, c - 1)))
+    local part = redis.call('HMGET', key, unpack(ids, s + 1, math.min(s + 4000, c)))
     for j = 1, #part do
       if part[j] then known = known + 1 end
       got[s + j] = part[j]
@@ -141,7 +142,7 @@ for _ = 1, tonumber(ARGV[4]) do
     for j = 1, c do
       if got[j] then
         flags[#flags + 1] = '0'
-        old[ARGV[ids + j - 1]] = true
+        old[ids[j]] = true
       else
         flags[#flags + 1] = '1'
         list[#list + 1] = ARGV[pairs_at + 2 * j - 2]
@@ -263,17 +264,11 @@ class _Column:
     def __init__(self, name: str, entity_ids: list[str]):
         self.name = name
         index: dict[str, int] = {}
-        self.groups: list[list[int]] = []
-        self.codes: list[int] = []
-        for k, eid in enumerate(entity_ids):
-            u = index.get(eid)
-            if u is None:
-                u = index[eid] = len(self.groups)
-                self.groups.append([k])
-            else:
-                self.groups[u].append(k)
-            self.codes.append(u)
+        self.codes = [index.setdefault(eid, len(index)) for eid in entity_ids]
         self.ids = list(index)
+        self.groups: list[list[int]] = [[] for _ in self.ids]
+        for k, u in enumerate(self.codes):
+            self.groups[u].append(k)
 
 
 @dataclass
@@ -506,9 +501,15 @@ class RedisStore(OnlineStore):
         order: list[int] = []
         for (day, bucket), ks in hashes.items():
             args += (f"r:{day}:{bucket}", str(len(ks)))
-            args += [ids[k] for k in ks]
-            for k in ks:  # (id, record): the record is "time\n\nfraud keys" (label time '' until a label)
-                args += (ids[k], f"{t_list[k]}\n\n" + "\n".join([pre + col[k] for pre, col in fraud_cols]))
+            # (id, record) pairs; a record is "time\n\nfraud keys" (label time '' until a label).
+            if len(fraud_cols) == 1:
+                pre, col = fraud_cols[0]
+                for k in ks:
+                    args += (ids[k], f"{t_list[k]}\n\n{pre}{col[k]}")
+            else:
+                for k in ks:
+                    keys = "\n".join([pre + col[k] for pre, col in fraud_cols])
+                    args += (ids[k], f"{t_list[k]}\n\n{keys}")
             order += ks
         return order
 
