@@ -125,7 +125,8 @@ class Scorer:
             spec_x, degraded = self._features(lambda: self.features.score_events(events), events)
         proba = champ.predict(spec_x if champ.columns is None else spec_x[:, champ.columns])
         decision = np.where(proba >= champ.threshold, "decline", "approve").tolist()
-        opinions = river_opinions(self.river.model, spec_x, FEATURE_NAMES) if self.river.model else None
+        opinions = (river_opinions(self.river.model, spec_x, FEATURE_NAMES) if self.river.model is not None
+                    else None)
         return ColumnsResult.model_construct(
             transaction_id=txs.ids, fraud_probability=proba.tolist(), decision=decision,
             threshold=champ.threshold, model_tag=champ.tag, online_model_probability=opinions,

@@ -438,7 +438,7 @@ class RedisStore(OnlineStore):
         if not write:
             args.append("0")
         members = ([f"{t}|{a!r}|{tid}" for t, a, tid in zip(t_list, txs.amounts.tolist(), ids, strict=True)]
-                   if write else [])
+                   if write else [])  # as _member writes them, without a call per transaction
         # The call's entities, column by column in order of first appearance; per entity its transactions.
         columns: list[_Column] = []
         keys: list[tuple[str, str]] = []

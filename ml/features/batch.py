@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 
@@ -89,9 +88,6 @@ class TxColumns:
 
     def in_time_order(self) -> bool:
         return len(self.t_us) < 2 or bool((self.t_us[1:] >= self.t_us[:-1]).all())
-
-    def times(self) -> list[datetime]:
-        return [from_us(t) for t in self.t_us.tolist()]
 
 
 @dataclass
