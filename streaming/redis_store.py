@@ -12,7 +12,9 @@ Layout (prefix ``fraud:`` by default):
   (``record_bucket``): field txid, value "time\\nlabel time\\nfraud key\\n..." (label time '' until a
   label). A field is written once (idempotent by id; a re-delivery carries its transaction's time, so it
   meets its record on the same day), and the key expires ``tx_ttl_s`` after its last write. A label looks
-  its transaction up day by day, back to the last day whose frauds can still reach a feature.
+  its transaction up day by day, back to the last day whose frauds can still reach a feature; a label
+  dated before its own transaction does not find it (the warehouse rejects such labels too: dbt's
+  ``assert_label_after_transaction``), where the in-process store would apply it.
 
 Records are hash fields rather than a key each so that a batch records its transactions with one ``HMGET``
 and one ``HSET`` per (day, bucket): ``SET NX EX`` per transaction cost ~5.7 µs of Redis' time each on the
