@@ -12,7 +12,8 @@ Layout (prefix ``fraud:`` by default):
   (``record_bucket``): field txid, value "time\\nlabel time\\nfraud key\\n..." (label time '' until a
   label). A field is written once (idempotent by id; a re-delivery carries its transaction's time, so it
   meets its record on the same day), and the key expires ``tx_ttl_s`` after its last write. A label looks
-  its transaction up day by day, back to the last day whose frauds can still reach a feature; a label
+  its transaction up on its own day minus the label delay the features assume, then day by day back to
+  the last day whose frauds can still reach a feature; a label
   dated before its own transaction does not find it (the warehouse rejects such labels too: dbt's
   ``assert_label_after_transaction``), where the in-process store would apply it.
 
@@ -37,12 +38,14 @@ import numpy as np
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
 
 from ml.features.batch import BatchColumns, EntityColumns, TxColumns, states_of
-from ml.features.online import EntityState, TxEvent
+from ml.features.online import EntityState, TxEvent, to_us
+from ml.features.spec import RISK_DELAY
 from streaming.history_buffer import HistoryBuffer
 from streaming.online_store import SEP, Label, OnlineStore, StoreUnavailable
 
 RECORD_BUCKETS = 16  # record hashes per day: keeps each hash small on a busy day
 _DAY_US = 86_400_000_000
+_LABEL_DELAY_US = to_us(RISK_DELAY)  # where a label first looks for its transaction's record
 
 
 def record_bucket(txid: str) -> int:
@@ -238,14 +241,23 @@ for s = 1, #sets, 4000 do redis.call('MSET', unpack(sets, s, math.min(s + 3999, 
 return out
 """
 
-# ARGV: prefix, txid, tx_fraud, label_us, record bucket, newest day, oldest day. The record is looked up from
-# the label's day back (usually found within the label delay). Replaces any earlier label of the transaction.
+# ARGV: prefix, txid, tx_fraud, label_us, record bucket, the likeliest day, newest day, oldest day. The record
+# is looked up on the day of the label minus the label delay the features assume (usually right), then day
+# by day from the label's day back. Replaces any earlier label of the transaction.
 _LABEL_LUA = """
-local key, rec
-for d = tonumber(ARGV[6]), tonumber(ARGV[7]), -1 do
-  key = ARGV[1] .. 'r:' .. string.format('%d', d) .. ':' .. ARGV[5]
-  rec = redis.call('HGET', key, ARGV[2])
-  if rec then break end
+local function find(d)
+  local key = ARGV[1] .. 'r:' .. string.format('%d', d) .. ':' .. ARGV[5]
+  return key, redis.call('HGET', key, ARGV[2])
+end
+local guess = tonumber(ARGV[6])
+local key, rec = find(guess)
+if not rec then
+  for d = tonumber(ARGV[7]), tonumber(ARGV[8]), -1 do
+    if d ~= guess then
+      key, rec = find(d)
+      if rec then break end
+    end
+  end
 end
 if not rec then return 0 end
 local t, old, keys = string.match(rec, '^([^\\n]*)\\n([^\\n]*)\\n?(.*)$')
@@ -386,8 +398,10 @@ class RedisStore(OnlineStore):
 
     def _label_args(self, lab: Label) -> list[str]:
         day = lab.label_us // _DAY_US
+        oldest = day - self.label_reach_days
+        guess = min(max((lab.label_us - _LABEL_DELAY_US) // _DAY_US, oldest), day)
         return [self.prefix, lab.transaction_id, str(int(lab.tx_fraud)), str(lab.label_us),
-                str(record_bucket(lab.transaction_id)), str(day), str(day - self.label_reach_days)]
+                str(record_bucket(lab.transaction_id)), str(guess), str(day), str(oldest)]
 
     def process(self, events, write=True, read=True):
         if events and all(isinstance(ev, TxEvent) for ev in events) and (
