@@ -393,7 +393,7 @@ class RedisStore(OnlineStore):
                 fraud_keys.append(self._key("f", e, eid))
             member_args += [member, str(tx.t_us - self.lookback_us[e])]
         argv = [tx.transaction_id, str(tx.t_us), str(self.tx_ttl_s), "1" if write else "0",
-                "1" if read else "0", f"{tx.t_us}\n\n" + "\n".join(fraud_keys)] + member_args
+                "1" if read else "0", _record(tx.t_us, fraud_keys)] + member_args
         return keys, argv
 
     def _label_args(self, lab: Label) -> list[str]:
@@ -517,15 +517,8 @@ class RedisStore(OnlineStore):
         order: list[int] = []
         for (day, bucket), ks in hashes.items():
             args += (f"r:{day}:{bucket}", str(len(ks)))
-            # (id, record) pairs; a record is "time\n\nfraud keys" (label time '' until a label).
-            if len(fraud_cols) == 1:
-                pre, col = fraud_cols[0]
-                for k in ks:
-                    args += (ids[k], f"{t_list[k]}\n\n{pre}{col[k]}")
-            else:
-                for k in ks:
-                    keys = "\n".join([pre + col[k] for pre, col in fraud_cols])
-                    args += (ids[k], f"{t_list[k]}\n\n{keys}")
+            for k in ks:  # (id, record) pairs
+                args += (ids[k], _record(t_list[k], [pre + col[k] for pre, col in fraud_cols]))
             order += ks
         return order
 
@@ -612,6 +605,11 @@ class RedisStore(OnlineStore):
 def _check_id(tx: TxEvent) -> None:
     if SEP in tx.transaction_id:
         raise ValueError(f"transaction_id {tx.transaction_id!r} contains the control character \\x1f")
+
+
+def _record(t_us: int, fraud_keys: list[str]) -> str:
+    """A transaction record: time, label time ('' until a label), the fraud sets a label goes to."""
+    return f"{t_us}\n\n" + "\n".join(fraud_keys)
 
 
 def _member(tx: TxEvent) -> str:
