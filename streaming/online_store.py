@@ -10,7 +10,6 @@ The Redis backend (``streaming.redis_store``) holds the same state in Redis, sha
 
 from __future__ import annotations
 
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
@@ -138,7 +137,7 @@ class MemoryStore(OnlineStore):
                 entities.append(EntityColumns(times, amounts, ids, fraud_times, fraud_labels))
             for tx in (tx for k, tx in enumerate(txs) if new[k]):
                 self._prune(tx)
-        return BatchColumns(new=new, slots=slots, entities=entities)
+        return BatchColumns.of_entities(new, slots, entities)
 
     def _insert(self, tx: TxEvent, prune: bool = True) -> None:
         self._txs[tx.transaction_id] = (tx.t_us, dict(tx.entities))
@@ -220,6 +219,5 @@ def make_store(settings=None, **kwargs) -> OnlineStore:
     if settings.online_store == "redis":
         from streaming.redis_store import RedisStore
 
-        kwargs.setdefault("cache_entities", int(os.environ.get("FRAUD_REDIS_CACHE_ENTITIES", "50000")))
         return RedisStore(settings.redis_url, **kwargs)
     raise ValueError(f"unknown online store {settings.online_store!r} (expected 'memory' or 'redis')")

@@ -148,8 +148,8 @@ def test_redis_batches_equal_one_by_one() -> None:
     first, second = txs[:25], txs[25:]
     label = ("t05", 1, T0 + 2 * D)
     calls = []
-    many = store.apply_columns
-    store.apply_columns = lambda chunk, write=True: calls.append(len(chunk)) or many(chunk, write)
+    many = store._batch_call
+    store._batch_call = lambda chunk, write: calls.append(len(chunk)) or many(chunk, write)
     try:
         batched = OnlineFeatures(store).score_many(first)
         OnlineFeatures(store).apply_labels([label])

@@ -99,16 +99,17 @@ def test_kill9_replay_memory_store_equals_uninterrupted(small_events: Path, tmp_
 
 
 def _redis_dump(client, prefix: str) -> dict:
+    """Every key of the run (histories are bytes: ``client`` does not decode), names and values without the
+    run's prefix (records and fraud keys name fraud keys)."""
     out = {}
+    raw = prefix.encode()
     for key in client.scan_iter(f"{prefix}*", count=1000):
         kind = client.type(key)
-        name = key[len(prefix):]
-        if kind == "zset":  # fraud sets
-            out[name] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "list":  # histories
-            out[name] = client.lrange(key, 0, -1)
-        elif kind == "string" and not name.startswith("v:"):  # transaction records (version tokens differ)
-            out[name] = client.get(key).replace(prefix, "")  # they name fraud sets: compare without prefix
+        name = key[len(raw):]
+        if kind == b"hash":  # transaction records
+            out[name] = {f: v.replace(raw, b"") for f, v in client.hgetall(key).items()}
+        elif kind == b"string":  # histories, their ids, fraud strings
+            out[name] = client.get(key)
     return out
 
 
@@ -118,7 +119,7 @@ def test_kill9_kafka_redis_equals_uninterrupted(small_events: Path, tmp_path: Pa
     from streaming.broker import running_broker
     from streaming.kafka_io import read_topic
 
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
     try:
         ok = bool(client.ping())
     except redis.RedisError:

@@ -13,7 +13,7 @@ only the ones that arrived before). ``tests/test_batch_features.py`` checks that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,11 +106,48 @@ EMPTY = EntityColumns(np.empty(0, np.int64), np.empty(0), [], np.empty(0, np.int
 
 @dataclass
 class BatchColumns:
-    """What a store returns for a batch of transactions recorded in order (``apply_columns``)."""
+    """What a store returns for a batch of transactions recorded in order (``apply_columns``): per entity
+    the batch touches, its transactions and known frauds, every entity's end to end (entity u's are
+    ``times[offsets[u]:offsets[u + 1]]``, sorted by time; its frauds likewise by ``fraud_offsets``). Flat
+    because the features search them all at once; ``entity(u)`` gives one entity's as views."""
 
     new: np.ndarray  # bool per transaction: recorded by this call (False: already known, a re-delivery)
-    slots: dict[str, np.ndarray]  # entity column -> per transaction, its index in ``entities``
-    entities: list[EntityColumns]
+    slots: dict[str, np.ndarray]  # entity column -> per transaction, its entity's index u
+    times: np.ndarray  # int64 µs
+    amounts: np.ndarray  # float64
+    offsets: np.ndarray  # int64, one more than there are entities
+    fraud_times: np.ndarray  # int64 µs
+    fraud_labels: np.ndarray  # int64 µs
+    fraud_offsets: np.ndarray
+    # Entity u's transaction ids, in the order of its times: built only when asked for, as only the
+    # transactions the fast path steps aside for (ties, re-deliveries) need them.
+    ids_of: Callable[[int], Sequence[str]]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def entity(self, u: int) -> EntityColumns:
+        i, j = int(self.offsets[u]), int(self.offsets[u + 1])
+        fi, fj = int(self.fraud_offsets[u]), int(self.fraud_offsets[u + 1])
+        return EntityColumns(self.times[i:j], self.amounts[i:j], self.ids_of(u), self.fraud_times[fi:fj],
+                             self.fraud_labels[fi:fj])
+
+    @classmethod
+    def of_entities(cls, new: np.ndarray, slots: dict[str, np.ndarray], entities: list[EntityColumns]
+                    ) -> BatchColumns:
+        """From one ``EntityColumns`` per entity (the in-process store's histories)."""
+        entities = entities or [EMPTY]
+        return cls(new, slots, np.concatenate([c.times for c in entities]),
+                   np.concatenate([c.amounts for c in entities]), _offsets([len(c.times) for c in entities]),
+                   np.concatenate([c.fraud_times for c in entities]),
+                   np.concatenate([c.fraud_labels for c in entities]),
+                   _offsets([len(c.fraud_times) for c in entities]), lambda u: entities[u].ids)
+
+
+def _offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
 
 
 def compute_batch(txs: Sequence[TxEvent] | TxColumns, cols: BatchColumns, per_tx_below: int | None = None
@@ -124,7 +161,7 @@ def compute_batch(txs: Sequence[TxEvent] | TxColumns, cols: BatchColumns, per_tx
         one_by_one = n < per_tx_below
     else:  # one by one walks every history entry in Python; numpy's cost hardly depends on them
         one_by_one = n < PER_TX_BELOW and (
-            _PER_TX_COST * n + sum(len(c.times) for c in cols.entities) < _NUMPY_COST)
+            _PER_TX_COST * n + len(cols.times) < _NUMPY_COST)
     if one_by_one:
         out = np.empty((n, len(FEATURE_NAMES)))
         for k in range(n):
@@ -132,7 +169,7 @@ def compute_batch(txs: Sequence[TxEvent] | TxColumns, cols: BatchColumns, per_tx
             out[k] = [feats[name] for name in FEATURE_NAMES]
         return out
     t, amount = txs.t_us, txs.amounts
-    flat = _Flat(cols.entities, t)
+    flat = _Flat(cols, t)
     out = np.empty((n, len(FEATURE_NAMES)))
     fast = cols.new.copy()
     for e in WINDOW_ENTITIES:  # the fast path holds when the entity's only entry at t is this transaction
@@ -180,30 +217,28 @@ class _Flat:
     """The batch's entity columns end to end, keyed (entity slot, time) so one searchsorted serves all; the
     positions of the batch's times (shifted by a window or delay) in them, each searched once."""
 
-    def __init__(self, entities: list[EntityColumns], t: np.ndarray):
+    def __init__(self, cols: BatchColumns, t: np.ndarray):
         reach = max((to_us(lb) for lb in WINDOW_ENTITIES.values()), default=0)
-        times = [c.times for c in entities]
-        all_times = np.concatenate(times) if times else np.empty(0, np.int64)
         low, high = int(t.min()) - reach, int(t.max())
-        if len(all_times):
-            low, high = min(low, int(all_times.min())), max(high, int(all_times.max()))
+        if len(cols.times):
+            low, high = min(low, int(cols.times.min())), max(high, int(cols.times.max()))
+        if len(cols.fraud_times):
+            low, high = min(low, int(cols.fraud_times.min())), max(high, int(cols.fraud_times.max()))
         self.base, self.span = low, high - low + 1
-        if self.span * max(len(entities), 1) >= 2**62:
+        m = max(len(cols), 1)
+        if self.span * m >= 2**62:
             raise ValueError("batch spans too long a time for one composite key")
-        lengths = np.fromiter((len(x) for x in times), np.int64, len(entities))
-        owner = np.repeat(np.arange(len(entities), dtype=np.int64), lengths)
+        entity = np.arange(len(cols), dtype=np.int64)
+        owner = np.repeat(entity, np.diff(cols.offsets))
         self.t = t
         self._found: dict[tuple, np.ndarray] = {}
-        self.keys = owner * self.span + (all_times - self.base)
+        self.keys = owner * self.span + (cols.times - self.base)
         # One trailing 0 so that an index equal to the length is valid for reduceat.
-        self.amounts = np.append(np.concatenate([c.amounts for c in entities]) if entities else [], 0.0)
-        f_lengths = np.fromiter((len(c.fraud_times) for c in entities), np.int64, len(entities))
-        f_owner = np.repeat(np.arange(len(entities), dtype=np.int64), f_lengths)
-        f_times = np.concatenate([c.fraud_times for c in entities]) if entities else np.empty(0, np.int64)
-        f_labels = np.concatenate([c.fraud_labels for c in entities]) if entities else np.empty(0, np.int64)
-        f_keys = f_owner * self.span + (f_times - self.base)
+        self.amounts = np.append(cols.amounts, 0.0)
+        f_owner = np.repeat(entity, np.diff(cols.fraud_offsets))
+        f_keys = f_owner * self.span + (cols.fraud_times - self.base)
         order = np.argsort(f_keys, kind="stable")
-        self.f_keys, self.f_labels = f_keys[order], f_labels[order]
+        self.f_keys, self.f_labels = f_keys[order], cols.fraud_labels[order]
 
     def search(self, slot: np.ndarray, back: int, side: str, frauds: bool = False) -> np.ndarray:
         """Positions of time t - back in each row's entity (its known frauds instead of its history if
@@ -269,7 +304,7 @@ def states_of(txs: TxColumns, k: int, cols: BatchColumns) -> dict[str, EntitySta
             later.add(ids[m])
     states = {}
     for e, lookback in WINDOW_ENTITIES.items():
-        c = cols.entities[int(cols.slots[e][k])]
+        c = cols.entity(int(cols.slots[e][k]))
         lo = t - to_us(lookback)
         i, j = np.searchsorted(c.times, lo, "left"), np.searchsorted(c.times, t, "right")
         # Slices turned into lists at once: indexing numpy element by element cost ~0.3 µs an entry.
