@@ -232,6 +232,7 @@ class _Flat:
         owner = np.repeat(entity, np.diff(cols.offsets))
         self.t = t
         self._found: dict[tuple, np.ndarray] = {}
+        self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.keys = owner * self.span + (cols.times - self.base)
         # One trailing 0 so that an index equal to the length is valid for reduceat.
         self.amounts = np.append(cols.amounts, 0.0)
@@ -246,8 +247,16 @@ class _Flat:
         key = (id(slot), back, side, frauds)
         found = self._found.get(key)
         if found is None:
-            where = slot * self.span + (self.t - back - self.base)
-            found = self._found[key] = np.searchsorted(self.f_keys if frauds else self.keys, where, side)
+            # Searched in key order, put back in row order: ~2x faster on 5,000 rows than in row order (the
+            # search walks the data in order, not at random).
+            at = self._sorted.get(id(slot))
+            if at is None:
+                where = slot * self.span + (self.t - self.base)
+                order = np.argsort(where, kind="stable")
+                at = self._sorted[id(slot)] = (order, where[order])
+            order, where = at
+            found = self._found[key] = np.empty(len(order), np.int64)
+            found[order] = np.searchsorted(self.f_keys if frauds else self.keys, where - back, side)
         return found
 
     def trailing(self, slot, w, amount) -> tuple[np.ndarray, np.ndarray]:
