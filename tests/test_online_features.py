@@ -149,7 +149,7 @@ def test_redis_batches_equal_one_by_one() -> None:
     label = ("t05", 1, T0 + 2 * D)
     calls = []
     many = store._batch_call
-    store._batch_call = lambda chunk, write: calls.append(len(chunk)) or many(chunk, write)
+    store._batch_call = lambda chunk, write, **kw: calls.append(len(chunk)) or many(chunk, write, **kw)
     try:
         batched = OnlineFeatures(store).score_many(first)
         OnlineFeatures(store).apply_labels([label])
