@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
 
-from ml.features.batch import BatchColumns, TxColumns, _offsets, states_of
+from ml.features.batch import PER_TX_BELOW, BatchColumns, TxColumns, _offsets, states_of
 from ml.features.online import TxEvent, to_us
 from ml.features.spec import RISK_DELAY
 from streaming.online_store import SEP, Label, OnlineStore, StoreUnavailable
@@ -358,7 +358,9 @@ class RedisStore(OnlineStore):
         txs = TxColumns.of(txs)
         if write and not txs.in_time_order():
             raise ValueError("a batch that records transactions must be in time order")
-        commands, ctx = self._batch_call(txs, write)
+        # A small call (a /score drain) is likely computed one by one, which needs every window's ids:
+        # read them with the histories rather than in a second round trip.
+        commands, ctx = self._batch_call(txs, write, with_ids=len(txs) < PER_TX_BELOW)
         return self._batch_result(ctx, self._run([commands])[0])
 
     def _batch_call(self, txs: TxColumns, write: bool, with_ids: bool = False) -> tuple[list[tuple], _Call]:
