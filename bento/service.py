@@ -25,7 +25,6 @@ from bentoml.exceptions import InvalidArgument
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from bento.allocator import keep_large_allocations_on_heap
 from bento.champion import MODEL_NAME, use_project_model_store
 from bento.schemas import MAX_BATCH, BatchResult, ColumnsResult, ScoreResult, Transaction, TransactionColumns
 from bento.scoring import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
@@ -64,7 +63,6 @@ class FraudScorer:
     model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
 
     def __init__(self) -> None:
-        keep_large_allocations_on_heap()  # bulk calls move MBs: no page faults for them (bento/allocator.py)
         self.scorer = Scorer()
         self.batcher = MicroBatcher(self.scorer, on_drain=_drain_sizes.observe)
         self._decision_counters: dict[str, object] = {}

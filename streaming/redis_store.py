@@ -486,8 +486,8 @@ class RedisStore(OnlineStore):
             owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
             low = int(times.min())
             resort = np.argsort(owner * (int(times.max()) - low + 1) + (times - low), kind="stable")
-        if resort is not None:  # (else views into the reply: the features copy what they keep)
-            times, amounts = times[resort], amounts[resort]
+        times = np.ascontiguousarray(times if resort is None else times[resort])
+        amounts = np.ascontiguousarray(amounts if resort is None else amounts[resort])
         parsed = [_parse_frauds(f) for f in frauds]
 
         def ids_of(u: int) -> list[str]:
