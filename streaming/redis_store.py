@@ -6,7 +6,7 @@ Layout (prefix ``fraud:`` by default):
   without parsing (``np.frombuffer``) and sorts by time, so a late transaction may sit after later ones.
 - ``{p}i:{entity}:{id}``: the ids of those records in the same order, each followed by ``SEP``.
 - ``{p}f:{entity}:{id}``: its known frauds, a string of "tx time|label time|txid" entries, each followed by
-  ``SEP`` (a string, not a sorted set, so that one ``MGET`` reads it with the histories).
+  ``SEP`` (a string, not a sorted set, so that the ``MGET`` of the histories reads it too).
 - ``{p}r:{day}:{bucket}``: transaction records, a hash per day of transaction time and bucket of id
   (``record_bucket``): field txid, value "time\\nlabel time\\nfraud key\\n..." (label time '' until a
   label). A field is written once (idempotent by id; a re-delivery carries its transaction's time, so it
@@ -18,10 +18,14 @@ Layout (prefix ``fraud:`` by default):
 
 Every call is one round trip: ``MULTI``, the batch script (``_COLUMNS_LUA``: record the transactions, append
 the new ones to their entities' histories, prune what the caller saw had aged out), one ``MGET`` of every
-entity's history, ids and frauds, ``EXEC``. The histories come back whole, the call's own transactions
+entity's history and frauds, ``EXEC``. The histories come back whole, the call's own transactions
 included, and no other client's commands run in between: a call sees exactly what came before it, as one
-by one. No replica keeps state of its own, so any number of them share one Redis and each sees every
-other's writes at once.
+by one. Their ids are half the bytes and only ties and re-deliveries need them, so a bulk call reads them
+afterwards if at all (``_ids``); a small call (a ``/score`` drain, the stream worker's runs) reads them in
+the same ``MGET``. No replica keeps state of its own, so any number of them share one Redis and each sees
+every other's writes at once. (Per-process copies of the histories, the script sending only what a copy
+lacks, were tried: at the benchmark's history lengths the script's reads of the tails and the Python per
+entity cost more than the bytes they saved, README "Speed".)
 
 Why this layout (measured on the project's 2-core VM, Redis 7.0): a history as a list of "time|amount|id"
 strings cost Python a parse per entry and Lua an argument and a push per entry; as bytes, an entity's
