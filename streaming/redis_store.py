@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
 
-from ml.features.batch import PER_TX_BELOW, BatchColumns, TxColumns, _offsets, states_of
+from ml.features.batch import PER_TX_BELOW, BatchColumns, TxColumns, offsets_of, states_of
 from ml.features.online import TxEvent, to_us
 from ml.features.spec import RISK_DELAY
 from streaming.online_store import SEP, Label, OnlineStore, StoreUnavailable
@@ -250,9 +250,6 @@ class RedisStore(OnlineStore):
         self._conn = None  # the store's own connection for its calls, used under _lock (see _run)
         self._prunes: dict[tuple[str, str], int] = {}  # entity -> bound its next call prunes it to
 
-    def _key(self, kind: str, entity: str, eid: str) -> str:
-        return f"{self.prefix}{kind}:{entity}:{eid}"
-
     def _call(self, fn):
         try:
             return fn()
@@ -399,7 +396,7 @@ class RedisStore(OnlineStore):
             if not write:
                 continue
             push = candidates[np.argsort(codes[candidates], kind="stable")]
-            ends_arr = _offsets(np.bincount(codes[push], minlength=len(eids)))
+            ends_arr = offsets_of(np.bincount(codes[push], minlength=len(eids)))
             ends = ends_arr.tolist()
             # Per entity its first and last transaction the call records (in time order, by entity).
             some = ends_arr[1:] > ends_arr[:-1]
@@ -477,7 +474,7 @@ class RedisStore(OnlineStore):
             frauds += part[width - 1::width] if reads_frauds else [b""] * m
         records = np.frombuffer(b"".join(histories), RECORD)
         lengths = np.fromiter(map(len, histories), np.int64, len(histories)) // RECORD.itemsize
-        offsets = _offsets(lengths)
+        offsets = offsets_of(lengths)
         times, amounts = records["t"], records["a"]
         if call.bounds is not None:
             self._note_prunes(call, times, lengths, offsets)
@@ -503,7 +500,7 @@ class RedisStore(OnlineStore):
             return got
 
         return BatchColumns(new, slots, times, amounts, offsets, _concat([f[0] for f in parsed]),
-                            _concat([f[1] for f in parsed]), _offsets([len(f[0]) for f in parsed]), ids_of)
+                            _concat([f[1] for f in parsed]), offsets_of([len(f[0]) for f in parsed]), ids_of)
 
     def _ids(self, call: _Call, histories: list[bytes]) -> list[list[str]]:
         """The ids of the entries a call read, read after it (bulk scoring reads them only for the few

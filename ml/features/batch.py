@@ -138,13 +138,15 @@ class BatchColumns:
         """From one ``EntityColumns`` per entity (the in-process store's histories)."""
         entities = entities or [EMPTY]
         return cls(new, slots, np.concatenate([c.times for c in entities]),
-                   np.concatenate([c.amounts for c in entities]), _offsets([len(c.times) for c in entities]),
+                   np.concatenate([c.amounts for c in entities]),
+                   offsets_of([len(c.times) for c in entities]),
                    np.concatenate([c.fraud_times for c in entities]),
                    np.concatenate([c.fraud_labels for c in entities]),
-                   _offsets([len(c.fraud_times) for c in entities]), lambda u: entities[u].ids)
+                   offsets_of([len(c.fraud_times) for c in entities]), lambda u: entities[u].ids)
 
 
-def _offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+def offsets_of(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Where each of consecutive runs of these lengths starts, and the end: [0, l0, l0 + l1, ...]."""
     out = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=out[1:])
     return out
