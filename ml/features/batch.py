@@ -122,6 +122,11 @@ class BatchColumns:
     # Entity u's transaction ids, in the order of its times: built only when asked for, as only the
     # transactions the fast path steps aside for (ties, re-deliveries) need them.
     ids_of: Callable[[int], Sequence[str]]
+    # Optional: the entries' (entity, time) keys as ``_Flat`` searches them, key = u * key_span + (time -
+    # key_base), sorted. A store that sorted by them already passes them on: each is a pass over every entry.
+    keys: np.ndarray | None = None
+    key_base: int = 0
+    key_span: int = 0
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -222,20 +227,28 @@ class _Flat:
     def __init__(self, cols: BatchColumns, t: np.ndarray):
         reach = max((to_us(lb) for lb in WINDOW_ENTITIES.values()), default=0)
         low, high = int(t.min()) - reach, int(t.max())
-        if len(cols.times):
-            low, high = min(low, int(cols.times.min())), max(high, int(cols.times.max()))
         if len(cols.fraud_times):
             low, high = min(low, int(cols.fraud_times.min())), max(high, int(cols.fraud_times.max()))
-        self.base, self.span = low, high - low + 1
+        # The store's keys serve if their range holds every searched time (they hold every entry's).
+        given = cols.keys is not None and cols.key_base <= low and cols.key_base + cols.key_span > high
+        if given:
+            self.base, self.span = cols.key_base, cols.key_span
+        else:
+            if len(cols.times):
+                low, high = min(low, int(cols.times.min())), max(high, int(cols.times.max()))
+            self.base, self.span = low, high - low + 1
         m = max(len(cols), 1)
         if self.span * m >= 2**62:
             raise ValueError("batch spans too long a time for one composite key")
         entity = np.arange(len(cols), dtype=np.int64)
-        owner = np.repeat(entity, np.diff(cols.offsets))
         self.t = t
         self._found: dict[tuple, np.ndarray] = {}
         self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.keys = owner * self.span + (cols.times - self.base)
+        if given:
+            self.keys = cols.keys
+        else:
+            owner = np.repeat(entity, np.diff(cols.offsets))
+            self.keys = owner * self.span + (cols.times - self.base)
         # One trailing 0 so that an index equal to the length is valid for reduceat.
         self.amounts = np.append(cols.amounts, 0.0)
         f_owner = np.repeat(entity, np.diff(cols.fraud_offsets))
