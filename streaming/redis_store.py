@@ -496,7 +496,6 @@ class RedisStore(OnlineStore):
             keys, times, amounts = keys[resort], times[resort], amounts[resort]
         if call.bounds is not None:
             self._note_prunes(call, keys, low, span, lengths, offsets)
-        parsed = [_parse_frauds(f) for f in frauds]
 
         def ids_of(u: int) -> list[str]:
             if not ids:  # the rare transactions that need them: read for every entity of the call at once
