@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
 
-from ml.features.batch import PER_TX_BELOW, BatchColumns, TxColumns, offsets_of, states_of
+from ml.features.batch import PER_TX_BELOW, BatchColumns, TxColumns, entity_keys, offsets_of, states_of
 from ml.features.online import TxEvent, to_us
 from ml.features.spec import RISK_DELAY
 from streaming.online_store import SEP, Label, OnlineStore, StoreUnavailable
@@ -485,9 +485,7 @@ class RedisStore(OnlineStore):
             if len(arr):
                 low, high = min(low, int(arr.min())), max(high, int(arr.max()))
         span = high - low + 1
-        if span * max(len(lengths), 1) >= 2**62:
-            raise ValueError("a call spans too long a time for one composite key")
-        keys = np.repeat(np.arange(len(lengths), dtype=np.int64) * span - low, lengths) + times
+        keys = entity_keys(lengths, times, low, span)
         # Each entity's entries sorted by time: already so unless a late transaction was recorded.
         resort = None
         if len(keys) > 1 and bool((keys[1:] < keys[:-1]).any()):

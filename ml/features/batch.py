@@ -157,6 +157,14 @@ def offsets_of(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
     return out
 
 
+def entity_keys(lengths: np.ndarray, times: np.ndarray, base: int, span: int) -> np.ndarray:
+    """The (entity, time) keys of consecutive runs of entries, one run per entity: u * span + (time - base),
+    so that one searchsorted serves every entity. ``times`` must lie in [base, base + span)."""
+    if span * max(len(lengths), 1) >= 2**62:
+        raise ValueError("batch spans too long a time for one composite key")
+    return np.repeat(np.arange(len(lengths), dtype=np.int64) * span - base, lengths) + times
+
+
 def compute_batch(txs: Sequence[TxEvent] | TxColumns, cols: BatchColumns, per_tx_below: int | None = None
                   ) -> np.ndarray:
     """Every spec feature of every transaction as of its time: an (n, features) array in spec order.
@@ -237,18 +245,12 @@ class _Flat:
             if len(cols.times):
                 low, high = min(low, int(cols.times.min())), max(high, int(cols.times.max()))
             self.base, self.span = low, high - low + 1
-        m = max(len(cols), 1)
-        if self.span * m >= 2**62:
-            raise ValueError("batch spans too long a time for one composite key")
+        lengths = np.diff(cols.offsets)
+        self.keys = cols.keys if given else entity_keys(lengths, cols.times, self.base, self.span)
         entity = np.arange(len(cols), dtype=np.int64)
         self.t = t
         self._found: dict[tuple, np.ndarray] = {}
         self._sorted: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if given:
-            self.keys = cols.keys
-        else:
-            owner = np.repeat(entity, np.diff(cols.offsets))
-            self.keys = owner * self.span + (cols.times - self.base)
         # One trailing 0 so that an index equal to the length is valid for reduceat.
         self.amounts = np.append(cols.amounts, 0.0)
         f_owner = np.repeat(entity, np.diff(cols.fraud_offsets))
