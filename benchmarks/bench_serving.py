@@ -3,9 +3,13 @@
 Load generator: `wrk` (Debian package; the benchmark installs it with apt-get if missing). Every request is a
 new transaction (new id, time one second later than the previous one, random customer and terminal, from a
 Lua script), so each one writes to and reads from the online store as production traffic would.
-- Fixed rate: 10 connections paced by wrk's ``delay()`` hook to 300 requests/s in total; p50/p99 are wrk's
-  latency percentiles (HdrHistogram, microsecond resolution). The same paced load then goes to the bare
-  endpoint (bare_p50_ms_at_rate, bare_p99_ms_at_rate): the floor that HTTP and process wake-ups set here.
+- Fixed rate: open-loop load at 300 requests/s in total, as wrk2 makes it (PACING_LUA): each of 10
+  connections sends on a schedule of its own, phases spread over one interval, whatever the responses do;
+  p50/p99 are wrk's latency percentiles (HdrHistogram, microsecond resolution). Then Poisson arrivals at the
+  same rate over 30 connections (p50_ms_poisson, p99_ms_poisson): independent payments, which collide. Each
+  schedule also goes to the bare endpoint (bare_*): the floor that HTTP and process wake-ups set here.
+  (Pacing a connection by a delay after each response, as wrk's delay() alone does, is closed-loop: requests
+  that were answered together are sent together again, so the connections clump into bursts over a run.)
 - Maximum throughput: wrk unpaced with 16 connections, same script, against the service and then against the
   bare endpoint (benchmarks/bare_endpoint.py: XGBoost ``inplace_predict`` on a fixed vector, no framework).
 - The paced runs, the batch and a first set of maximum-throughput runs use one worker process a side (the
@@ -47,20 +51,25 @@ import httpx
 from ml.settings import PROJECT_ROOT, export_tool_env
 
 RESULTS = Path(__file__).parent / "results" / "serving.json"
-RATE, RATE_CONNECTIONS, RATE_SECONDS = 300, 10, 12
+RATE, RATE_CONNECTIONS, POISSON_CONNECTIONS, RATE_SECONDS = 300, 10, 30, 12
 MAX_SECONDS, MAX_CONNECTIONS = 10, 16
 ROUNDS = 3
 BATCH_SIZE, BATCH_REQUESTS = 5000, 16
 N_CUSTOMERS, N_TERMINALS, WARM_TX = 500, 1000, 30_000
 START = datetime(2018, 10, 1)
 
-# %-formatted by Python (base time, pool sizes, pacing delay in ms: 0 = unpaced).
+# %-formatted by Python (base time, pool sizes, the pacing block: empty = unpaced).
 WRK_LUA = """
 counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-function setup(thread) thread:set("id", math.random(1, 1000000)) end
-function init(args) math.randomseed(id) end
+threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", math.random(1, 1000000))
+  thread:set("idx", #threads - 1)
+  if pace_setup then pace_setup(thread) end
+end
 request = function()
   counter = counter + 1
   local t = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", %(base)d + counter)
@@ -69,12 +78,54 @@ request = function()
     math.random(0, %(nc)d - 1), math.random(0, %(nt)d - 1), math.random() * 200)
   return wrk.format(nil, nil, nil, body)
 end
-%(delay)s
+%(pacing)s
 done = function(summary, latency, requests)
-  local e = summary.errors
+  local e, late = summary.errors, 0
+  for _, t in ipairs(threads) do late = late + (t:get("late") or 0) end
   io.write(string.format("RESULT requests=%%d duration_us=%%d p50_us=%%d p99_us=%%d mean_us=%%.1f " ..
-    "errors=%%d\\n", summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.mean, e.connect + e.read + e.write + e.status + e.timeout))
+    "errors=%%d late=%%d\\n", summary.requests, summary.duration, latency:percentile(50),
+    latency:percentile(99), latency.mean, e.connect + e.read + e.write + e.status + e.timeout, late))
+end
+"""
+
+# Open-loop pacing (wrk2's model, in wrk's Lua hooks; wrk is built with LuaJIT): one connection per thread,
+# each on a schedule of its own, a request every interval_ms (fixed) or after exponential gaps of that mean
+# (poisson), whatever the responses do. init() runs for each thread before wrk starts it, so sleeping there
+# until the thread's phase spreads the connections' first requests over one interval. delay() waits until
+# the next due time (wrk waits whole milliseconds); a request that is due before its connection is free is
+# sent at once and counted as late: a count above zero means the schedule was not kept.
+PACING_LUA = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk, bench_timespec *ts);
+int usleep(unsigned int usec);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval_ms, connections, poisson = %(interval_ms).6f, %(connections)d, %(poisson)s
+local function gap()
+  if poisson then return -math.log(1 - math.random()) * interval_ms end
+  return interval_ms
+end
+function pace_setup(thread)  -- in wrk's main Lua state: one start time for all threads
+  start0 = start0 or now_ms()
+  thread:set("start0", start0)
+end
+function init(args)
+  math.randomseed(id)
+  local wait = idx * interval_ms / connections - (now_ms() - start0)
+  if wait > 0 then ffi.C.usleep(math.floor(wait * 1000)) end
+  due, late = now_ms(), 0
+end
+function delay()
+  due = due + gap()
+  local wait = due - now_ms()
+  if wait < -1 then late = late + 1 end
+  return math.max(wait, 0)
 end
 """
 
@@ -122,22 +173,29 @@ def _as_rows(txs: list[dict]) -> dict[str, list]:
 
 
 def _wrk(url: str, script_dir: Path, base_s: int, seconds: int, connections: int,
-         delay_ms: float = 0.0) -> dict[str, float]:
-    """One wrk run; returns requests/s, p50/p99/mean latency (ms) and errors from the script's done()."""
-    delay = f"function delay() return {delay_ms:.3f} end" if delay_ms > 0 else ""
+         rate: float = 0.0, arrivals: str = "fixed") -> dict[str, float]:
+    """One wrk run: unpaced (``rate`` 0: ``connections`` on one thread, each sending its next request on the
+    last one's response) or open-loop at ``rate`` req/s in total (``arrivals`` fixed or poisson, one thread a
+    connection). Returns requests/s, p50/p99/mean latency (ms), errors and late sends from done()."""
+    if rate > 0:
+        pacing = PACING_LUA % {"interval_ms": 1000 * connections / rate, "connections": connections,
+                               "poisson": str(arrivals == "poisson").lower()}
+    else:
+        pacing = "function init(args) math.randomseed(id) end"
     script = script_dir / f"wrk-{base_s}.lua"
-    script.write_text(WRK_LUA % {"base": base_s, "nc": N_CUSTOMERS, "nt": N_TERMINALS, "delay": delay})
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+    script.write_text(WRK_LUA % {"base": base_s, "nc": N_CUSTOMERS, "nt": N_TERMINALS, "pacing": pacing})
+    threads = connections if rate > 0 else 1
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
                          check=True, capture_output=True, text=True).stdout
     m = re.search(r"RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) mean_us=([\d.]+) "
-                  r"errors=(\d+)", out)
+                  r"errors=(\d+) late=(\d+)", out)
     if m is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
-    n, dur, p50, p99, mean, errors = (float(g) for g in m.groups())
+    n, dur, p50, p99, mean, errors, late = (float(g) for g in m.groups())
     if errors:
         print(f"[bench] wrk saw {errors:.0f} errors:\n{out}", flush=True)
     return {"rps": n / (dur / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000, "mean_ms": mean / 1000,
-            "errors": errors, "requests": n}
+            "errors": errors, "late": late, "requests": n}
 
 
 def _post_batches(url: str, payloads: list[str], clients: int) -> float:
@@ -183,7 +241,7 @@ def _run_pair(workers: int, booster_file: Path, tmp: Path, redis_url: str, laten
                             cwd=PROJECT_ROOT, env=env, stdout=open(bare_log, "wb"), stderr=subprocess.STDOUT)
     base, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}/"
     url = f"{base}/score"
-    out: dict = {"rate": [], "max": []}
+    out: dict = {"fixed": [], "poisson": [], "max": []}
     try:
         _wait_ready(f"{base}/readyz", svc, svc_log)
         _wait_ready(bare_url, bare, bare_log)
@@ -200,21 +258,20 @@ def _run_pair(workers: int, booster_file: Path, tmp: Path, redis_url: str, laten
         # The service and the bare endpoint take turns, round after round: this VM's speed drifts within
         # minutes, and alternating puts both sides of each comparison in the same minute.
         if latency:
-            # Pacing: a connection waits its share of 1/RATE minus the latency it observed before its next
-            # request (wrk's delay() runs after a response). The latency estimate is clamped, so that a noisy
-            # probe cannot turn the fixed-rate run into an overload run; the achieved rate is reported.
-            interval_ms = 1000 * RATE_CONNECTIONS / RATE
-            probe = _wrk(url, tmp, t_rate + 20_000, 3, RATE_CONNECTIONS, delay_ms=interval_ms)
-            latency_ms = RATE_CONNECTIONS * 1000 / probe["rps"] - interval_ms
-            delay_ms = interval_ms - min(max(latency_ms, 0.0), 0.15 * interval_ms)
+            # Open-loop at RATE req/s: a fixed schedule (wrk2's model, the issue's "fixed rate"), then Poisson
+            # arrivals (independent payments) over more connections, so that a connection is rarely still
+            # busy when its next request is due.
             for r in range(ROUNDS):
-                base_s = t_rate + 40_000 + r * 10_000
-                print(f"[bench] {workers} worker(s), round {r + 1}/{ROUNDS}: {RATE} req/s", flush=True)
-                svc_r = _wrk(url, tmp, base_s, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
-                # The same paced load on the bare endpoint: the floor of this machine's HTTP and wake-ups.
-                bare_r = _wrk(bare_url, tmp, base_s, RATE_SECONDS, RATE_CONNECTIONS, delay_ms=delay_ms)
-                out["rate"].append({"service": svc_r, "bare": bare_r})
-                print(f"[bench] service {svc_r}\n[bench] bare {bare_r}", flush=True)
+                for arrivals, connections in (("fixed", RATE_CONNECTIONS), ("poisson", POISSON_CONNECTIONS)):
+                    base_s = t_rate + 40_000 + r * 10_000 + (5_000 if arrivals == "poisson" else 0)
+                    print(f"[bench] {workers} worker(s), round {r + 1}/{ROUNDS}: {RATE} req/s, {arrivals} "
+                          f"arrivals", flush=True)
+                    svc_r = _wrk(url, tmp, base_s, RATE_SECONDS, connections, rate=RATE, arrivals=arrivals)
+                    # The same schedule on the bare endpoint: the floor of this machine's HTTP and wake-ups.
+                    bare_r = _wrk(bare_url, tmp, base_s, RATE_SECONDS, connections, rate=RATE,
+                                  arrivals=arrivals)
+                    out[arrivals].append({"service": svc_r, "bare": bare_r})
+                    print(f"[bench] service {svc_r}\n[bench] bare {bare_r}", flush=True)
         for r in range(ROUNDS):
             base_s = t_rate + 86_400 + r * 100_000
             print(f"[bench] {workers} worker(s), round {r + 1}/{ROUNDS}: max throughput", flush=True)
@@ -294,12 +351,20 @@ def main() -> None:
     one = _run_pair(1, booster_file, tmp, settings.redis_url, latency=True)
     many = _run_pair(workers, booster_file, tmp, settings.redis_url, latency=False) if workers > 1 else one
     per_process, machine = _throughput(one["max"]), _throughput(many["max"])
-    rate = one["rate"]
+    rate, poisson = one["fixed"], one["poisson"]
     result = {
+        # p50_ms / p99_ms: RATE req/s on a fixed schedule, one worker a side; *_poisson: Poisson arrivals.
         "p50_ms": _med(rate, "service", "p50_ms"), "p99_ms": _med(rate, "service", "p99_ms"),
         "rate_rps": _med(rate, "service", "rps"), "rate_errors": sum(r["service"]["errors"] for r in rate),
+        "rate_late_sends": sum(r["service"]["late"] for r in rate),
         "bare_p50_ms_at_rate": _med(rate, "bare", "p50_ms"),
         "bare_p99_ms_at_rate": _med(rate, "bare", "p99_ms"),
+        "p50_ms_poisson": _med(poisson, "service", "p50_ms"),
+        "p99_ms_poisson": _med(poisson, "service", "p99_ms"),
+        "poisson_rps": _med(poisson, "service", "rps"),
+        "poisson_late_sends": sum(r["service"]["late"] for r in poisson),
+        "bare_p50_ms_poisson": _med(poisson, "bare", "p50_ms"),
+        "bare_p99_ms_poisson": _med(poisson, "bare", "p99_ms"),
         # max_rps / bare_max_rps / ratio_to_bare: one process per core on both sides (the machine's capacity).
         **{k: v for k, v in machine.items() if k != "ratios"},
         # batch_tx_per_s: /score_columns (bulk scoring), batch_rows_tx_per_s: /score_batch, the same volume;
@@ -310,7 +375,7 @@ def main() -> None:
                        "batch_tx_per_s": round(one["batch_tx_per_s"], 1),
                        "batch_rows_tx_per_s": round(one["batch_rows_tx_per_s"], 1)},
         "rounds": {
-            "rate_one_worker": _rounded(rate),
+            "rate_one_worker": _rounded(rate), "poisson_one_worker": _rounded(poisson),
             "max_one_worker": _rounded(one["max"]), "ratios_one_worker": per_process["ratios"],
             f"max_{workers}_workers": _rounded(many["max"]), f"ratios_{workers}_workers": machine["ratios"],
         },
@@ -318,8 +383,9 @@ def main() -> None:
             "batch_size": BATCH_SIZE, "model_tag": tag, "stand_in_model": stand_in,
             "model_trees": n_trees, "online_store": "redis", "workers": workers, "bare_workers": workers,
             "cpu_count": os.cpu_count(),
-            "load_generator": (f"wrk -t1: {RATE_CONNECTIONS} connections paced to {RATE} req/s for "
-                               f"{RATE_SECONDS}s (one worker a side); {MAX_CONNECTIONS} connections unpaced "
+            "load_generator": (f"wrk, open-loop at {RATE} req/s for {RATE_SECONDS}s (one worker a side): "
+                               f"a fixed schedule over {RATE_CONNECTIONS} connections, Poisson arrivals over "
+                               f"{POISSON_CONNECTIONS}; wrk -t1 {MAX_CONNECTIONS} connections unpaced "
                                f"for {MAX_SECONDS}s (one worker, then {workers}, a side); service and bare "
                                f"endpoint alternate, {ROUNDS} rounds each, medians"),
             "entities": {"customers": N_CUSTOMERS, "terminals": N_TERMINALS, "warm_transactions": WARM_TX},
