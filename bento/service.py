@@ -11,7 +11,9 @@ Configuration (environment): ``FRAUD_ONLINE_STORE`` memory|redis, ``FRAUD_REDIS_
 (seconds between checks for a new champion, default 30, 0 = off), ``FRAUD_SERVE_WORKERS`` (default 1;
 use Redis for more than one, the in-process store is private to a worker), ``FRAUD_EXACT_SHAP`` (1: reasons
 from exact TreeSHAP instead of Saabas attributions), ``FRAUD_TRACE_SCORING`` (1: OpenTelemetry spans for the
-scoring routes too; off by default because the middleware costs as much as scoring and no exporter is set).
+scoring routes too; off by default because the middleware costs as much as scoring and no exporter is set),
+``FRAUD_BULK_THREADS`` (bulk requests a worker scores at once, off the event loop; default 2),
+``FRAUD_REDIS_CALL_TXS`` (transactions per Redis call, default 10,000).
 """
 
 from __future__ import annotations
