@@ -49,6 +49,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -194,7 +195,7 @@ def _wrk(url: str, script_dir: Path, base_s: int, seconds: int, connections: int
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
     wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(min(2.0, seconds / 2))
-    split = _connections_per_process(int(url.split(":")[2].split("/")[0]))
+    split = _connections_per_process(urlsplit(url).port)
     out, err = wrk.communicate()
     if wrk.returncode:
         raise RuntimeError(f"wrk failed ({wrk.returncode}):\n{err}")
@@ -209,7 +210,7 @@ def _wrk(url: str, script_dir: Path, base_s: int, seconds: int, connections: int
             "errors": errors, "late": late, "requests": n, "connections_per_worker": split}
 
 
-def _connections_per_process(port: int) -> list[int]:
+def _connections_per_process(port: int | None) -> list[int]:
     """How the server's processes share the load generator's connections (largest first): the workers share
     one listening socket and each connection stays with the one that accepted it, so a run's split is
     chance, and a lopsided one leaves a worker idle while the other queues."""

@@ -22,7 +22,9 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
@@ -35,6 +37,7 @@ from bento.scoring import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, 
 from streaming.online_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 BULK_THREADS = int(os.environ.get("FRAUD_BULK_THREADS", "2"))  # bulk requests scored at once, per worker
 use_project_model_store()  # BENTOML_HOME inside the project's data directory unless set
 
@@ -99,7 +102,7 @@ class FraudScorer:
         if n:
             child.inc(n)
 
-    async def _off_loop(self, fn):
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._bulk, fn)
 
     def __is_ready__(self) -> bool:

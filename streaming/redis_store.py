@@ -247,7 +247,7 @@ class RedisStore(OnlineStore):
         # worker) while it runs (~3 µs a transaction) and its reply must come within socket_timeout, so
         # larger batches go in several calls. A call reads every entity it touches whole, once, so the
         # larger the call the fewer histories read per transaction: a maximum bulk request (10,000) in one
-        # call scored 112-131k tx/s where two calls of 5,000 scored 87-95k (README "Speed"), for ~35 ms of
+        # call scored 112-131k tx/s where calls of 5,000 scored 87-98k (README "Speed"), for ~35 ms of
         # Redis at a time. Lower it where bulk jobs share a Redis with latency-bound online scoring.
         self.max_call_txs = int(os.environ.get("FRAUD_REDIS_CALL_TXS", DEFAULT_CALL_TXS))
         self._lock = threading.Lock()
