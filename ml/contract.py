@@ -1,0 +1,174 @@
+"""The transaction contract's bounds, shared by every entry: the HTTP service, stream events and file ingest.
+
+One definition of what a valid identifier, amount, timestamp and label is, so the three entries accept and
+refuse the same values. Python callers use the ``check_*`` functions (or the Pydantic types built on them);
+SQL and polars callers use the same limits and ``FORBIDDEN_ID_CHARS``, a pattern that RE2 (DuckDB) and Rust's
+regex (polars) both understand.
+
+Limits come from the environment (read once per process, ``limits.cache_clear()`` re-reads):
+``FRAUD_MAX_AMOUNT`` (default 1,000,000), ``FRAUD_MIN_TX_TIME`` (default 2000-01-01, UTC) and
+``FRAUD_MAX_TX_AHEAD_S`` (how far past now a timestamp may lie, default one day).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+MAX_ID_LEN = 64
+# Unicode categories an identifier may not contain: controls (the online store's separators among them),
+# format characters (invisible, e.g. U+200B), line and paragraph separators (U+2028/9) and surrogates.
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+FORBIDDEN_ID_CHARS = r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]"
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ContractError(ValueError):
+    """A value outside the contract; the message is the reason (it never repeats the value)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_amount: float
+    min_time: datetime  # naive UTC
+    max_ahead: timedelta
+
+    def max_time(self) -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None) + self.max_ahead
+
+
+@lru_cache(maxsize=1)
+def limits() -> Limits:
+    env = os.environ
+    return Limits(
+        max_amount=float(env.get("FRAUD_MAX_AMOUNT") or 1_000_000),
+        min_time=datetime.fromisoformat(env.get("FRAUD_MIN_TX_TIME") or "2000-01-01"),
+        max_ahead=timedelta(seconds=float(env.get("FRAUD_MAX_TX_AHEAD_S") or 86_400)),
+    )
+
+
+def check_identifier(value: Any) -> str:
+    """A string or integer id as a string of 1..64 printable characters, not all whitespace."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ContractError("must be a string or an integer")
+    if isinstance(value, int):
+        if not -(10**MAX_ID_LEN) < value < 10**MAX_ID_LEN:
+            raise ContractError(f"longer than {MAX_ID_LEN} characters")
+        return str(value)
+    if len(value) > MAX_ID_LEN:
+        raise ContractError(f"longer than {MAX_ID_LEN} characters")
+    if not value.strip():
+        raise ContractError("must not be empty or whitespace")
+    if value.isascii():
+        if _ASCII_CONTROL.search(value):
+            raise ContractError("must not contain control characters")
+    elif any(unicodedata.category(c) in FORBIDDEN_CATEGORIES for c in value):
+        raise ContractError("must not contain control, format or separator characters")
+    return value
+
+
+def check_amount(value: Any) -> float:
+    """A finite amount in [0, FRAUD_MAX_AMOUNT]; numbers only (no strings, no booleans)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ContractError("must be a number")
+    try:
+        x = float(value)
+    except OverflowError:
+        raise ContractError("must be finite") from None
+    if not math.isfinite(x):
+        raise ContractError("must be finite")
+    if x < 0:
+        raise ContractError("must be >= 0")
+    cap = limits().max_amount
+    if x > cap:
+        raise ContractError(f"must be <= {cap:g} (FRAUD_MAX_AMOUNT)")
+    return x
+
+
+def to_utc_naive(value: datetime) -> datetime:
+    """An aware time converted to UTC (naive), a naive one taken as UTC; ContractError if it cannot be."""
+    if value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise ContractError("out of range once converted to UTC") from None
+
+
+def check_timestamp(value: Any) -> datetime:
+    """An ISO-8601 string or a datetime -> naive UTC within [FRAUD_MIN_TX_TIME, now + FRAUD_MAX_TX_AHEAD_S].
+
+    Numbers are refused: a bare number is ambiguous (seconds or milliseconds since the epoch)."""
+    if isinstance(value, str):
+        if len(value) > 64:
+            raise ContractError("not an ISO-8601 timestamp")
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            raise ContractError("not an ISO-8601 timestamp") from None
+    elif not isinstance(value, datetime):
+        raise ContractError("must be an ISO-8601 string (numbers are ambiguous)")
+    t = to_utc_naive(value)
+    lim = limits()
+    if t < lim.min_time:
+        raise ContractError(f"before {lim.min_time:%Y-%m-%d} (FRAUD_MIN_TX_TIME)")
+    if t > lim.max_time():
+        raise ContractError("more than FRAUD_MAX_TX_AHEAD_S in the future")
+    return t
+
+
+def check_label(value: Any) -> int:
+    """A fraud label: exactly 0 or 1 (an integer, or a float equal to one of them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in (0, 1):
+        raise ContractError("must be 0 or 1")
+    return int(value)
+
+
+def _pydantic(check):
+    def validate(value: Any) -> Any:
+        try:
+            return check(value)
+        except ContractError as exc:  # pydantic reports ValueError's text as the field's reason
+            raise ValueError(str(exc)) from None
+
+    return BeforeValidator(validate)
+
+
+_UTC_ISO = PlainSerializer(lambda t: t.isoformat(), return_type=str, when_used="json")
+
+# The contract as Pydantic field types (the service's request models, the stream's event models); the JSON
+# schema says what the validators accept, so the OpenAPI document tells the truth.
+EntityId = Annotated[
+    str,
+    _pydantic(check_identifier),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN},
+                              {"type": "integer"}],
+                    "description": f"String or integer id: 1-{MAX_ID_LEN} printable characters."}),
+]
+Amount = Annotated[
+    float,
+    _pydantic(check_amount),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": limits().max_amount,
+                    "description": "Finite amount, 0 <= amount <= FRAUD_MAX_AMOUNT (default 1,000,000)."}),
+]
+Timestamp = Annotated[
+    datetime,
+    _pydantic(check_timestamp),
+    _UTC_ISO,
+    WithJsonSchema({"type": "string", "format": "date-time",
+                    "description": "ISO-8601; an offset is converted to UTC, a naive time is UTC; "
+                                   "from FRAUD_MIN_TX_TIME (2000-01-01) to now + 1 day."}),
+]
+FraudLabel = Annotated[
+    int,
+    _pydantic(check_label),
+    WithJsonSchema({"type": "integer", "enum": [0, 1], "description": "0 genuine, 1 fraud."}),
+]
