@@ -459,7 +459,7 @@ class Worker:
                 else:
                     raise EventError(f"unexpected topic {m.topic!r}")
             except Exception as e:  # whatever one event does, it is dead-lettered and the stream goes on
-                reason = _reason(e)
+                reason = _reason(e, "reading")
                 if m.topic == TOPIC_TRANSACTIONS:  # keeps its place so offsets advance in order
                     backlog.append((m, None, 0, reason))
                     continue
@@ -518,7 +518,7 @@ class Worker:
                     events.append(Label(tid, fraud, lt))
                 kept.append(op)
             except Exception as e:
-                self._dead_op(op, _reason(e))
+                self._dead_op(op, _reason(e, "reading"))
         ops = kept
         replies, failed = self._apply(events, read=True)
         if failed:
@@ -535,7 +535,7 @@ class Worker:
                     f = compute_features(ev, st or {})
                     VECTOR.pack(*[f[n] for n in FEATURE_NAMES])  # every feature present and a number
                 except Exception as e:
-                    self._dead_op(op, _reason(e))
+                    self._dead_op(op, _reason(e, "features"))
                     continue
                 feats.append(f)
             kept.append(op)
@@ -561,7 +561,7 @@ class Worker:
             try:
                 p = predict(f)
             except Exception as e:
-                self._dead_op(op, _reason(e))
+                self._dead_op(op, _reason(e, "river"))
                 continue
             if tid in pending:
                 stats.duplicate_transactions += 1
@@ -611,7 +611,7 @@ class Worker:
                     self._raise_unless_store_up(e)
                     if attempt:
                         replies.append(None)
-                        failed[i] = f"online store: {_reason(e)}"
+                        failed[i] = _reason(e, "online store")
         return replies, failed
 
     def _raise_unless_store_up(self, err: Exception) -> None:
@@ -667,8 +667,8 @@ class Worker:
 
     def _dead(self, topic: str, partition: int | None, offset: int | None, value: Any, reason: str) -> None:
         self.stats.dead_letters += 1
-        # The log names the event, not its content (the dead letter carries the payload).
-        log.info("dead letter %s:%s@%s: %s", topic, partition, offset, reason[:200])
+        # The log names the event and the kind of fault, never content (the dead letter carries it).
+        log.debug("dead letter %s:%s@%s: %s", topic, partition, offset, reason.split(DETAIL_SEP, 1)[0])
         self.sink.dead_letter(DeadLetter.of(topic, partition, offset, value, reason))
 
     def _dead_op(self, op: tuple, reason: str) -> None:
@@ -688,11 +688,15 @@ class Worker:
         self.features.store.close()
 
 
-def _reason(e: BaseException) -> str:
-    """A dead letter's reason: the contract's reason, else the error's type and text (bounded)."""
+DETAIL_SEP = " | "  # a dead letter's reason: what went wrong, then (unlogged) the error's own text
+
+
+def _reason(e: BaseException, stage: str) -> str:
+    """A dead letter's reason: the contract's reason (it never holds the value), else the stage and the
+    error's type, then its text, which may quote the input (the dead letter keeps it, the log does not)."""
     if isinstance(e, EventError):
         return e.reason[:MAX_REASON]
-    return f"{type(e).__name__}: {e}"[:MAX_REASON]
+    return f"{stage}: {type(e).__name__}{DETAIL_SEP}{e}"[:MAX_REASON]
 
 
 def model_state(model: OnlineModel) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def test_poisoned_store_state_dead_letters_the_event_not_the_worker(tmp_path: Pa
         stats = Worker(ReplaySource(df), sink, store, settings, restore=False).run()
         dead = _dead_letters(tmp_path / "out" / "dead_letter.jsonl")
         assert [json.loads(d["payload"])["transaction_id"] for d in dead] == ["a"]
-        assert dead[0]["reason"].startswith("OverflowError") and dead[0]["offset"] is not None
+        assert dead[0]["reason"].startswith("features: OverflowError") and dead[0]["offset"] is not None
         assert [s["transaction_id"] for s in sink.scores] == ["b", "c"] and stats.transactions == 2
     finally:
         _clear(store)
@@ -239,7 +240,7 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     dead = _dead_letters(tmp_path / "a" / "out" / "dead_letter.jsonl")
     tx_dead = [d for d in dead if d["source_topic"] == "transactions"]
     assert len(tx_dead) == 1 and json.loads(tx_dead[0]["payload"])["transaction_id"] == culprit
-    assert tx_dead[0]["reason"] == "online store: ValueError: the store refused the batch"
+    assert tx_dead[0]["reason"] == "online store: ValueError | the store refused the batch"
     assert stats.transactions == len(tiny) - 1
 
     ref_settings = _settings(tmp_path / "b")
@@ -298,7 +299,8 @@ def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path:
 
 # ------------------------------------------------------------------------------------------------ kafka
 
-def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_path: Path) -> None:
+def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """On the real broker with the real Redis store: a year-1 date, a 1.5e308 amount, a 1,000,000-character
     id, label 2 and non-JSON are each dead-lettered with their reason (the payload bounded), the good events
     after them are processed, and a restart from the checkpoint goes on without crashing."""
@@ -309,6 +311,7 @@ def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_pat
     from streaming.sources import KafkaSource
     from streaming.worker import KafkaSink, Worker
 
+    caplog.set_level(logging.DEBUG, logger="streaming.worker")
     ensure_topics(broker.bootstrap)
     p = Producer(producer_config(broker.bootstrap, **{"message.max.bytes": 4_000_000}))
 
@@ -349,6 +352,9 @@ def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_pat
         assert json.loads(dead["transactions", 2]["payload"])["tx_amount"] == 1.5e308  # the original value
         scores = read_topic(broker.bootstrap, "scores")
         assert sorted(s["transaction_id"] for s in scores) == ["t1", "t2"]
+        # The log names the events (topic, partition, offset) and the fault, never their content.
+        assert "transactions:0@3" in caplog.text
+        assert "x" * 64 not in caplog.text and "t-big" not in caplog.text
 
         # More poison and a good event after the restart: the worker resumes from its checkpoint.
         send("transactions", GOOD_TX | {"transaction_id": "t-y1b", "tx_datetime": "0001-01-01T00:00:00"})
@@ -400,3 +406,14 @@ def test_kafka_security_config_from_environment(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.delenv("FRAUD_KAFKA_SSL_CA")  # the file does not exist here
     Producer(producer_config("127.0.0.1:1")).flush(0)  # librdkafka accepts the settings as built
+
+
+def test_cli_dates_must_be_iso(tmp_path: Path) -> None:
+    """--start/--end end up in the warehouse query: anything but an ISO date is refused up front."""
+    from click.testing import CliRunner
+
+    from ml.cli_stream import publish, worker
+
+    for command in (worker, publish):
+        result = CliRunner().invoke(command, ["--from-warehouse", "--start", "2018-01-01' or 1=1 --"])
+        assert result.exit_code == 2 and "expected an ISO date" in result.output
