@@ -528,12 +528,14 @@ class Worker:
             events = [ev for i, ev in enumerate(events) if i not in failed]
             replies = [r for i, r in enumerate(replies) if i not in failed]
         feats: list[dict[str, float]] = []
+        vecs: list[bytes] = []
+        pack, names = VECTOR.pack, FEATURE_NAMES
         kept = []
         for op, ev, st in zip(ops, events, replies, strict=True):
             if type(ev) is TxEvent:
                 try:
                     f = compute_features(ev, st or {})
-                    VECTOR.pack(*[f[n] for n in FEATURE_NAMES])  # every feature present and a number
+                    vecs.append(pack(*[f[n] for n in names]))  # every feature present and a number
                 except Exception as e:
                     self._dead_op(op, _reason(e, "features"))
                     continue
@@ -543,8 +545,8 @@ class Worker:
         champion = self.champion
         xgb = champion.predict(feats).tolist() if champion is not None and feats else None
         thr = champion.threshold if champion is not None else None
-        pending, names, predict, stats = self.pending, FEATURE_NAMES, self.model.predict, self.stats
-        pack, log_change = VECTOR.pack, self.changes.append
+        pending, predict, stats = self.pending, self.model.predict, self.stats
+        log_change = self.changes.append
         scores: list[dict] = []
         late_labels: list[Label] = []
         latencies = stats.latencies_ms
@@ -554,7 +556,7 @@ class Worker:
                 self._learn(*op[1])
                 continue
             _, tx, m, t_us = op
-            f = feats[k]
+            f, vec = feats[k], vecs[k]
             px = xgb[k] if xgb is not None else None
             k += 1
             tid = tx["transaction_id"]
@@ -566,7 +568,6 @@ class Worker:
             if tid in pending:
                 stats.duplicate_transactions += 1
             else:
-                vec = pack(*[f[n] for n in names])
                 pending[tid] = [t_us, vec, p, px, False]
                 log_change((OP_PENDING, tid, t_us, vec, p, px))
                 stats.transactions += 1
