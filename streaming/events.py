@@ -122,7 +122,9 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def _parse(model: type[_Event], what: str, value: bytes | str | dict) -> Any:
+def _parse(model: type[_Event], what: str, value: bytes | str | dict | None) -> Any:
+    if value is None or isinstance(value, bool | int | float | list):  # a tombstone, a decoded non-object
+        raise EventError(f"expected a JSON object, got {type(value).__name__}")
     if not isinstance(value, dict):
         try:  # fast path: pydantic parses and validates the JSON in one pass (2x json.loads + validate)
             return model.model_validate_json(value)
@@ -134,11 +136,11 @@ def _parse(model: type[_Event], what: str, value: bytes | str | dict) -> Any:
         raise EventError(f"invalid {what}: {_first_error(e)}") from None
 
 
-def parse_transaction(value: bytes | str | dict) -> TransactionEvent:
+def parse_transaction(value: bytes | str | dict | None) -> TransactionEvent:
     return _parse(TransactionEvent, "transaction", value)
 
 
-def parse_label(value: bytes | str | dict) -> LabelEvent:
+def parse_label(value: bytes | str | dict | None) -> LabelEvent:
     return _parse(LabelEvent, "label", value)
 
 

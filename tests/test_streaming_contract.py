@@ -93,6 +93,8 @@ def test_event_normalisation_and_labels() -> None:
             parse_label(json.dumps(label | {"label_time": bad}).encode())
     with pytest.raises(EventError, match="not JSON"):
         parse_label(b"[" * 100_000)
+    with pytest.raises(EventError, match="expected a JSON object, got NoneType"):
+        parse_label(None)  # a Kafka tombstone
 
 
 def test_replay_trusts_only_what_the_parser_accepts(tiny: pd.DataFrame) -> None:
