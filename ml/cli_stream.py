@@ -10,6 +10,18 @@ from pathlib import Path
 import click
 
 
+def _iso_date(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--start/--end: an ISO date or datetime, nothing else (the warehouse query is built from it)."""
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value).isoformat(sep=" ")
+    except ValueError:
+        raise click.BadParameter("expected an ISO date such as 2018-09-01 or 2018-09-01T12:00") from None
+
+
 def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str | None):
     from ml.settings import get_settings
     from ml.sources import resolve_source
@@ -29,8 +41,8 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
 @click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Replay this CSV/Parquet file (default: the configured source).")
 @click.option("--from-warehouse", is_flag=True, help="Replay raw.transactions (read-only).")
-@click.option("--start", default=None, help="Replay transactions from this date (ISO).")
-@click.option("--end", default=None, help="Replay transactions before this date (ISO).")
+@click.option("--start", default=None, callback=_iso_date, help="Replay transactions from this date (ISO).")
+@click.option("--end", default=None, callback=_iso_date, help="Replay transactions before this date (ISO).")
 @click.option("--speedup", type=float, default=None, help="Replay: event time runs N times wall time.")
 @click.option("--rate", type=float, default=None, help="Replay: emit N events per second.")
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")
@@ -97,8 +109,8 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
 @click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV/Parquet file to publish (default: the configured source, e.g. the simulation).")
 @click.option("--from-warehouse", is_flag=True, help="Publish raw.transactions from the warehouse.")
-@click.option("--start", default=None, help="From this date (ISO).")
-@click.option("--end", default=None, help="Before this date (ISO).")
+@click.option("--start", default=None, callback=_iso_date, help="From this date (ISO).")
+@click.option("--end", default=None, callback=_iso_date, help="Before this date (ISO).")
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")
 @click.option("--rate", type=float, default=None, help="Events per second (default: as fast as possible).")
 @click.option("--no-labels", is_flag=True, help="Publish transactions only.")

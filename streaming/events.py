@@ -1,25 +1,32 @@
 """Stream event schemas and their JSON form (one JSON object per Kafka message value).
 
 Transactions and labels come in; scores, drift events and dead letters go out. Incoming events are
-validated here: a malformed one raises ``EventError`` with a reason and the worker dead-letters it.
+validated here against the shared contract (``ml.contract``: ids, amounts, timestamps, labels), for Kafka
+and replay alike: a malformed one raises ``EventError`` with a reason and the worker dead-letters it.
 Datetimes are naive UTC on the inside and ISO-8601 in JSON (an offset on input is converted to UTC).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
-import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ml.contract import Amount, EntityId, FraudLabel, Timestamp
 
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_LABELS = "labels"
 TOPIC_SCORES = "scores"
 TOPIC_DEAD_LETTER = "dead-letter"
 TOPIC_DRIFT = "drift"
+
+# A dead letter keeps this much of the original value (a Kafka message can be 1 MB; the dead-letter topic
+# must accept whatever came in) and this much of the reason.
+MAX_DEAD_PAYLOAD = 4096
+MAX_REASON = 500
 
 
 class EventError(ValueError):
@@ -30,74 +37,22 @@ class EventError(ValueError):
         self.reason = reason
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def has_control_chars(value: str) -> bool:
-    return _CONTROL.search(value) is not None
-
-
-def _utc_naive(value: datetime) -> datetime:
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
-
-
 class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class TransactionEvent(_Event):
-    transaction_id: str = Field(min_length=1)
-    tx_datetime: datetime
-    customer_id: str = Field(min_length=1)
-    terminal_id: str = Field(min_length=1)
-    tx_amount: float = Field(ge=0)
-
-    @field_validator("transaction_id", "customer_id", "terminal_id", mode="before")
-    @classmethod
-    def _ids_as_str(cls, v: Any) -> Any:
-        # The contract allows string or integer ids; bools are not ids.
-        if isinstance(v, int) and not isinstance(v, bool):
-            return str(v)
-        return v
-
-    @field_validator("transaction_id", "customer_id", "terminal_id")
-    @classmethod
-    def _printable(cls, v: str) -> str:
-        if has_control_chars(v):  # the stores use control characters as separators
-            raise ValueError("ids must not contain control characters")
-        return v
-
-    @field_validator("tx_datetime")
-    @classmethod
-    def _naive(cls, v: datetime) -> datetime:
-        return _utc_naive(v)
-
-    @field_validator("tx_amount")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("tx_amount must be finite")
-        return v
+    transaction_id: EntityId
+    tx_datetime: Timestamp
+    customer_id: EntityId
+    terminal_id: EntityId
+    tx_amount: Amount
 
 
 class LabelEvent(_Event):
-    transaction_id: str = Field(min_length=1)
-    tx_fraud: int = Field(ge=0, le=1)
-    label_time: datetime
-
-    @field_validator("transaction_id", mode="before")
-    @classmethod
-    def _id_as_str(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return str(v)
-        return v
-
-    @field_validator("label_time")
-    @classmethod
-    def _naive(cls, v: datetime) -> datetime:
-        return _utc_naive(v)
+    transaction_id: EntityId
+    tx_fraud: FraudLabel
+    label_time: Timestamp
 
 
 class ScoreEvent(_Event):
@@ -109,11 +64,26 @@ class ScoreEvent(_Event):
     scored_at: float  # wall-clock epoch seconds when the worker emitted the score
 
 
+def drift_event_id(detector: str, stream: str, time: datetime, seq: Any = None) -> str:
+    """A drift event's id, the same every time the event is produced again (outputs are at least once)."""
+    key = f"{detector}\x1f{stream}\x1f{time.isoformat()}\x1f{'' if seq is None else seq}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 class DriftEvent(_Event):
     time: datetime  # event time of the observation that triggered the detector
     detector: str
     stream: str
     details: dict[str, Any] = Field(default_factory=dict)
+    # Consumers count distinct ids: a replay after a crash produces the same event (and id) again.
+    id: str = ""
+
+    @model_validator(mode="after")
+    def _with_id(self) -> DriftEvent:
+        if not self.id:
+            seq = self.details.get("labels_learned")  # tells apart two detections at one label_time
+            object.__setattr__(self, "id", drift_event_id(self.detector, self.stream, self.time, seq))
+        return self
 
 
 class DeadLetter(_Event):
@@ -121,7 +91,15 @@ class DeadLetter(_Event):
     partition: int | None = None
     offset: int | None = None
     reason: str
-    payload: str  # the original value, decoded leniently
+    payload: str  # the original value, decoded leniently, cut to MAX_DEAD_PAYLOAD characters
+    payload_size: int = 0  # the original value's length (bytes as received, or characters)
+    truncated: bool = False
+
+    @classmethod
+    def of(cls, topic: str, partition: int | None, offset: int | None, value: Any, reason: str) -> DeadLetter:
+        text, size, cut = decode_leniently(value)
+        return cls(source_topic=topic, partition=partition, offset=offset, reason=reason[:MAX_REASON],
+                   payload=text, payload_size=size, truncated=cut)
 
 
 def _loads(value: bytes | str | dict) -> dict:
@@ -131,6 +109,8 @@ def _loads(value: bytes | str | dict) -> dict:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError) as e:
         raise EventError(f"not JSON: {e}") from None
+    except RecursionError:
+        raise EventError("not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise EventError(f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -142,7 +122,9 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def _parse(model: type[_Event], what: str, value: bytes | str | dict) -> Any:
+def _parse(model: type[_Event], what: str, value: bytes | str | dict | None) -> Any:
+    if value is None or isinstance(value, bool | int | float | list):  # a tombstone, a decoded non-object
+        raise EventError(f"expected a JSON object, got {type(value).__name__}")
     if not isinstance(value, dict):
         try:  # fast path: pydantic parses and validates the JSON in one pass (2x json.loads + validate)
             return model.model_validate_json(value)
@@ -154,11 +136,11 @@ def _parse(model: type[_Event], what: str, value: bytes | str | dict) -> Any:
         raise EventError(f"invalid {what}: {_first_error(e)}") from None
 
 
-def parse_transaction(value: bytes | str | dict) -> TransactionEvent:
+def parse_transaction(value: bytes | str | dict | None) -> TransactionEvent:
     return _parse(TransactionEvent, "transaction", value)
 
 
-def parse_label(value: bytes | str | dict) -> LabelEvent:
+def parse_label(value: bytes | str | dict | None) -> LabelEvent:
     return _parse(LabelEvent, "label", value)
 
 
@@ -166,11 +148,20 @@ def dumps(event: BaseModel) -> bytes:
     return event.model_dump_json().encode()
 
 
-def decode_leniently(value: bytes | str | dict | None) -> str:
+def decode_leniently(value: bytes | str | dict | None, limit: int = MAX_DEAD_PAYLOAD
+                     ) -> tuple[str, int, bool]:
+    """The first ``limit`` characters of a value as text (invalid UTF-8 replaced), its full length (bytes
+    as received, else characters) and whether the text was cut."""
     if value is None:
-        return ""
+        return "", 0, False
     if isinstance(value, dict):
-        return json.dumps(value, default=str)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
+        try:
+            value = json.dumps(value, default=str)
+        except (ValueError, RecursionError):  # e.g. a circular structure: its repr says enough
+            value = repr(value)
+    if isinstance(value, bytes | bytearray):
+        # Cut before decoding (4 bytes a character at most), so a huge value is not decoded whole.
+        text = bytes(value[: 4 * limit]).decode("utf-8", errors="replace")
+        return text[:limit], len(value), len(text) > limit or len(value) > 4 * limit
+    text = str(value)
+    return text[:limit], len(text), len(text) > limit

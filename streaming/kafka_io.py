@@ -4,12 +4,16 @@ Topics (``streaming.events``): ``transactions``, ``labels`` in; ``scores``, ``de
 The worker assigns partitions itself and keeps offsets in its own checkpoint (with the River model and the
 online store position), so it needs no consumer-group coordination; offsets are also committed to the group
 ``fraud-worker`` for lag monitoring only.
+
+Every client (producer, consumer, admin) takes its connection settings from ``client_config``: the bootstrap
+servers plus TLS/SASL from the environment (``security_config``), so a secured cluster needs no code change.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from streaming.events import (
@@ -24,19 +28,65 @@ ALL_TOPICS = (TOPIC_TRANSACTIONS, TOPIC_LABELS, TOPIC_SCORES, TOPIC_DEAD_LETTER,
 GROUP_ID = "fraud-worker"
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def security_config(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """librdkafka's TLS/SASL settings from the environment (secrets come from there, never from code).
+
+    ``FRAUD_KAFKA_SECURITY_PROTOCOL`` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; default SASL_SSL when a
+    SASL user is given, else PLAINTEXT), ``FRAUD_KAFKA_SASL_MECHANISM`` (default PLAIN),
+    ``FRAUD_KAFKA_SASL_USERNAME`` / ``FRAUD_KAFKA_SASL_PASSWORD``, ``FRAUD_KAFKA_SSL_CA`` (CA file),
+    ``FRAUD_KAFKA_SSL_CERT`` / ``FRAUD_KAFKA_SSL_KEY`` (client certificate, mutual TLS). Inconsistent settings
+    raise ValueError (whose message never holds the password).
+    """
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str:
+        return (env.get(f"FRAUD_KAFKA_{name}") or "").strip()
+
+    user, mechanism = get("SASL_USERNAME"), get("SASL_MECHANISM").upper()
+    password = env.get("FRAUD_KAFKA_SASL_PASSWORD") or ""  # not stripped: a password is what it is
+    protocol = get("SECURITY_PROTOCOL").upper() or ("SASL_SSL" if user or mechanism else "PLAINTEXT")
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(f"FRAUD_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    cfg: dict[str, str] = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        mechanism = mechanism or "PLAIN"
+        if mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"FRAUD_KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}")
+        if not user or not password:
+            raise ValueError(f"{protocol} needs FRAUD_KAFKA_SASL_USERNAME and FRAUD_KAFKA_SASL_PASSWORD")
+        cfg |= {"sasl.mechanism": mechanism, "sasl.username": user, "sasl.password": password}
+    elif user or password or mechanism:
+        raise ValueError(f"SASL credentials are set but FRAUD_KAFKA_SECURITY_PROTOCOL is {protocol}")
+    tls = {"ssl.ca.location": get("SSL_CA"), "ssl.certificate.location": get("SSL_CERT"),
+           "ssl.key.location": get("SSL_KEY")}
+    if protocol.endswith("SSL"):
+        cfg.update({k: v for k, v in tls.items() if v})
+    elif any(tls.values()):
+        raise ValueError(f"TLS files are set but FRAUD_KAFKA_SECURITY_PROTOCOL is {protocol}")
+    return cfg
+
+
+def client_config(bootstrap: str) -> dict:
+    """What every client needs to reach the cluster: its address and its security settings."""
+    return {"bootstrap.servers": bootstrap, "log_level": 3} | security_config()
+
+
 def producer_config(bootstrap: str, **overrides) -> dict:
     # Batch produce: a few ms of linger turns single sends into batches (throughput); lz4 keeps them small.
-    cfg = {"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
-           "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000, "log_level": 3,
-           "enable.idempotence": False}
+    cfg = client_config(bootstrap) | {"linger.ms": 5, "batch.num.messages": 10000, "compression.type": "lz4",
+                                      "queue.buffering.max.messages": 1_000_000, "enable.idempotence": False}
     cfg.update(overrides)
     return cfg
 
 
 def consumer_config(bootstrap: str, **overrides) -> dict:
-    cfg = {"bootstrap.servers": bootstrap, "group.id": GROUP_ID, "enable.auto.commit": False,
-           "auto.offset.reset": "earliest", "enable.partition.eof": False, "log_level": 3,
-           "fetch.wait.max.ms": 5, "queued.min.messages": 20000}
+    cfg = client_config(bootstrap) | {"group.id": GROUP_ID, "enable.auto.commit": False,
+                                      "auto.offset.reset": "earliest", "enable.partition.eof": False,
+                                      "fetch.wait.max.ms": 5, "queued.min.messages": 20000}
     cfg.update(overrides)
     return cfg
 
@@ -47,7 +97,7 @@ def ensure_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    admin = AdminClient(client_config(bootstrap))
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
     if not new:
@@ -63,7 +113,7 @@ def ensure_topics(bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions
 def partitions_of(bootstrap: str, topic: str, timeout: float = 10.0) -> list[int]:
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(topic, timeout=timeout)
+    md = AdminClient(client_config(bootstrap)).list_topics(topic, timeout=timeout)
     t = md.topics.get(topic)
     if t is None or t.error is not None:
         raise RuntimeError(f"topic {topic!r} not found on {bootstrap}")

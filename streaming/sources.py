@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.contract import MAX_ID_LEN, limits
 from streaming.events import TOPIC_LABELS, TOPIC_TRANSACTIONS
 
 REPLAY_PARTITION = "replay:0"
@@ -105,39 +106,70 @@ def _id_strings(col: pd.Series) -> np.ndarray:
     return np.array([v if isinstance(v, str) else str(v) for v in out], dtype=object)
 
 
+def _ids_valid(ids: np.ndarray) -> np.ndarray:
+    """Ids (``_id_strings``) that surely pass the contract's ``check_identifier``: 1..64 ASCII characters,
+    no control characters, not all whitespace. A non-ASCII id is left to ``check_identifier`` itself."""
+    s = pd.Series(ids, dtype=object)
+    ok = (s.str.len() <= MAX_ID_LEN) & (s.str.strip() != "")
+    ok &= s.map(str.isascii).astype(bool) & ~s.str.contains(r"[\x00-\x1f\x7f]", regex=True)
+    return ok.fillna(False).to_numpy(bool)
+
+
+def _in_time_range(t: np.ndarray) -> np.ndarray:
+    """Times (datetime64[us]) within the contract's range (NaT is not)."""
+    lim = limits()
+    lo, hi = np.datetime64(lim.min_time, "us"), np.datetime64(lim.max_time(), "us")
+    return ~np.isnat(t) & (t >= lo) & (t <= hi)
+
+
+def _plain(v: object) -> object:
+    """A cell as the JSON path would carry it (missing -> None, numpy scalars -> Python)."""
+    if v is None or (not isinstance(v, str | bytes) and pd.isna(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
 class Timeline:
-    """The merged, time-ordered event list of a transaction table, held as columns (built once)."""
+    """The merged, time-ordered event list of a transaction table, held as columns (built once).
+
+    Every event is validated exactly as a Kafka message is: a row whose normalised values surely pass the
+    contract travels as a trusted dict (those checks run here on whole columns, so replay stays fast); any
+    other row travels as it is, untrusted, and the worker parses it with the same functions as a Kafka
+    message (``streaming.events``), which accept it or dead-letter it with the reason.
+    """
 
     def __init__(self, df: pd.DataFrame):
         n = len(df)
         tx_time = pd.to_datetime(df["tx_datetime"], errors="coerce").to_numpy("datetime64[us]")
         amount = pd.to_numeric(df["tx_amount"], errors="coerce").to_numpy("float64")
-        # Rows that fail the contract still travel (as untrusted dicts) so the worker dead-letters them.
-        ok = (~np.isnat(tx_time)) & np.isfinite(amount) & (amount >= 0)
-        for c in ("transaction_id", "customer_id", "terminal_id"):
-            ok &= df[c].notna().to_numpy()
-            if not pd.api.types.is_numeric_dtype(df[c]):  # no control characters (the stores' separators)
-                bad = df[c].astype(str).str.contains(r"[\x00-\x1f\x7f]", regex=True)
-                ok &= ~bad.fillna(False).to_numpy(bool)
         self.ids = _id_strings(df["transaction_id"])
         self.customers = _id_strings(df["customer_id"])
         self.terminals = _id_strings(df["terminal_id"])
+        id_ok = _ids_valid(self.ids)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(amount) & (amount >= 0) & (amount <= limits().max_amount)
+        ok &= _in_time_range(tx_time)
+        ok &= id_ok & _ids_valid(self.customers) & _ids_valid(self.terminals)
         self.amount = amount
         self.tx_time = tx_time
         self.ok = ok
         self.raw = df
         has_label = np.zeros(n, dtype=bool)
+        label_ok = np.zeros(n, dtype=bool)
         label_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
         fraud = np.zeros(n, dtype=np.int8)
         if "tx_fraud" in df.columns and "label_time" in df.columns:
             label_time = pd.to_datetime(df["label_time"], errors="coerce").to_numpy("datetime64[us]")
-            f = pd.to_numeric(df["tx_fraud"], errors="coerce")
-            # A bad transaction's label still travels: the worker dead-letters it ("never saw"), not dropped.
-            has_label = f.notna().to_numpy() & ~np.isnat(label_time)
-            fraud = f.fillna(0).to_numpy().astype(np.int8)
-        self.label_time, self.fraud = label_time, fraud
+            f = pd.to_numeric(df["tx_fraud"], errors="coerce").to_numpy("float64")
+            # A row has a label when it has a tx_fraud; a label outside the contract (not exactly 0/1, no or
+            # a bad label_time, a bad id) travels untrusted so the worker dead-letters it with the reason.
+            # A bad transaction's good label still travels: the worker dead-letters it ("never saw").
+            has_label = df["tx_fraud"].notna().to_numpy(bool)
+            label_ok = has_label & ((f == 0) | (f == 1)) & _in_time_range(label_time) & id_ok
+            fraud = np.where(label_ok, f, 0).astype(np.int8)
+        self.label_time, self.fraud, self.label_ok = label_time, fraud, label_ok
         # Event list: (time, rank, id) with rank 0 = label, 1 = transaction; a label known no later than its
-        # own transaction comes right after it (rank 2) so it always has something to join.
+        # own transaction (or has no label_time: NaT is the smallest int64) comes right after it (rank 2).
         tx_idx = np.arange(n)
         lab_idx = np.flatnonzero(has_label)
         t_tx = np.where(ok, tx_time, np.datetime64("1970-01-01")).astype("int64")
@@ -158,11 +190,15 @@ class Timeline:
         """(topic, value, trusted) of event i."""
         r = int(self.row[i])
         if self.kind[i]:
+            if not self.label_ok[r]:
+                raw = self.raw.iloc[r]
+                return TOPIC_LABELS, {"transaction_id": self.ids[r] or _plain(raw["transaction_id"]),
+                                      "tx_fraud": _plain(raw["tx_fraud"]),
+                                      "label_time": _plain(raw["label_time"])}, False
             return TOPIC_LABELS, {"transaction_id": self.ids[r], "tx_fraud": int(self.fraud[r]),
                                   "label_time": self.label_time[r].item()}, True
         if not self.ok[r]:
-            raw = {k: (None if pd.isna(v) else v.item() if isinstance(v, np.generic) else v)
-                   for k, v in self.raw.iloc[r].to_dict().items()}
+            raw = {k: _plain(v) for k, v in self.raw.iloc[r].to_dict().items()}
             # Ids as the good rows carry them (an integer column with a gap reads as float), so the reason
             # names what is actually wrong.
             for col, ids in (("transaction_id", self.ids), ("customer_id", self.customers),

@@ -13,7 +13,9 @@ store and the source offsets are checkpointed together (``streaming.checkpoint``
 before each checkpoint; after a crash the worker restarts from the checkpoint's offsets, so events after
 it are processed again: the store applies them idempotently by ``transaction_id`` (Redis) or is restored
 with the checkpoint (memory), River learns each label once, and score events may repeat (at least once;
-consumers deduplicate by ``transaction_id``). A malformed event goes to the dead-letter topic with a reason.
+consumers deduplicate by ``transaction_id``). A malformed event goes to the dead-letter topic with a reason,
+and so does any event whose processing fails on its own (found by retrying a failed batch event by event):
+one event never stops the stream, while a store that is down does (the checkpoint resumes it).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ml.features.spec import FEATURE_NAMES
 from streaming import checkpoint as ckpt
 from streaming.checkpoint import OP_PENDING
 from streaming.events import (
+    MAX_REASON,
     TOPIC_DEAD_LETTER,
     TOPIC_DRIFT,
     TOPIC_LABELS,
@@ -49,7 +52,6 @@ from streaming.events import (
     DeadLetter,
     DriftEvent,
     EventError,
-    decode_leniently,
     parse_label,
     parse_transaction,
 )
@@ -69,6 +71,9 @@ VECTOR = struct.Struct(f"<{len(FEATURE_NAMES)}d")
 REPLAY_MARGIN = timedelta(days=2)
 LATENCY_WINDOW = 1_000_000
 FOLD_MIN_OPS, FOLD_FACTOR = 500_000, 4  # change-log compaction (see Worker.checkpoint)
+# Events per store call: a restart can release tens of thousands of buffered labels at once, and one Redis
+# round trip must come back within the store's socket timeout.
+STORE_CHUNK = 5_000
 
 
 def streaming_dir(settings) -> Path:
@@ -248,7 +253,8 @@ class Worker:
                  model: OnlineModel | None = None, checkpoint_dir: Path | None = None,
                  checkpoint_every: int = 50_000, checkpoint_interval_s: float = 10.0,
                  pending_ttl: timedelta = timedelta(days=30), batch_size: int = 500,
-                 restore: bool = True, fold_min_ops: int = FOLD_MIN_OPS, freeze_gc: bool = False):
+                 restore: bool = True, fold_min_ops: int = FOLD_MIN_OPS, freeze_gc: bool = False,
+                 store_chunk: int = STORE_CHUNK):
         self.source, self.sink, self.settings = source, sink, settings
         self.features = OnlineFeatures(store)
         self._external_store = ckpt.snapshot_store(store) is None
@@ -257,6 +263,7 @@ class Worker:
         self.checkpoint_every, self.checkpoint_interval_s = checkpoint_every, checkpoint_interval_s
         self.pending_ttl_us = to_us(pending_ttl)
         self.batch_size = batch_size
+        self.store_chunk = max(1, store_chunk)
         self.fold_min_ops = fold_min_ops
         self.freeze_gc = freeze_gc
         self.drift_file = streaming_dir(settings) / "drift_events.jsonl"
@@ -443,18 +450,20 @@ class Worker:
                     continue
                 if m.topic == TOPIC_LABELS:
                     lab = m.value if m.trusted else parse_label(m.value).__dict__
-                    self.stats.labels_received += 1
                     lt = to_us(lab["label_time"])
-                    heapq.heappush(self.label_heap, (lt, str(lab["transaction_id"]), int(lab["tx_fraud"])))
+                    entry = (lt, str(lab["transaction_id"]), int(lab["tx_fraud"]))
+                    self.stats.labels_received += 1
+                    heapq.heappush(self.label_heap, entry)
                     if lt > self.label_watermark_us:
                         self.label_watermark_us = lt
                 else:
                     raise EventError(f"unexpected topic {m.topic!r}")
-            except EventError as e:
+            except Exception as e:  # whatever one event does, it is dead-lettered and the stream goes on
+                reason = _reason(e, "reading")
                 if m.topic == TOPIC_TRANSACTIONS:  # keeps its place so offsets advance in order
-                    backlog.append((m, None, 0, e.reason))
+                    backlog.append((m, None, 0, reason))
                     continue
-                self._dead(m.topic, m.partition, m.offset, m.value, e.reason)
+                self._dead(m.topic, m.partition, m.offset, m.value, reason)
             self.position[m.position_key] = m.offset + 1
         self._release(final=False)
 
@@ -474,7 +483,7 @@ class Worker:
                 continue
             while heap and heap[0][0] <= t_us:  # labels known by now come first
                 ops.append(("label", heapq.heappop(heap)))
-            ops.append(("tx", tx, m.ts, t_us))
+            ops.append(("tx", tx, m, t_us))
             if t_us > self.watermark_us:
                 self.watermark_us = t_us
         self._execute(ops)
@@ -485,25 +494,59 @@ class Worker:
         The store sees every event in order (a label changes the fraud-rate features of the transactions
         after it); the frozen champion scores the whole run at once (its score does not depend on the
         order); River then predicts and learns in event order. The outcome is the same whatever the batch
-        boundaries are, which is what makes a restart from a checkpoint land on the same state.
+        boundaries are, which is what makes a restart from a checkpoint land on the same state, and what
+        lets a long run (a backlog of labels) go to the store in chunks of ``store_chunk`` events.
+
+        An event that fails on its own (building it, the store call, its features, River's score) is
+        dead-lettered and left out; the others go on.
         """
         if not ops:
             return
+        chunk = self.store_chunk
+        if len(ops) > chunk:
+            for i in range(0, len(ops), chunk):
+                self._execute(ops[i:i + chunk])
+            return
         events: list = []
+        kept: list = []
         for op in ops:
-            if op[0] == "tx":
-                events.append(tx_event(op[1]))
-            else:
-                lt, tid, fraud = op[1]
-                events.append(Label(tid, fraud, lt))
-        replies = self._store(events, read=True)
-        feats = [compute_features(ev, st or {}) for ev, st in zip(events, replies, strict=True)
-                 if type(ev) is TxEvent]
+            try:
+                if op[0] == "tx":
+                    events.append(tx_event(op[1]))
+                else:
+                    lt, tid, fraud = op[1]
+                    events.append(Label(tid, fraud, lt))
+                kept.append(op)
+            except Exception as e:
+                self._dead_op(op, _reason(e, "reading"))
+        ops = kept
+        replies, failed = self._apply(events, read=True)
+        if failed:
+            for i, reason in failed.items():
+                self._dead_op(ops[i], reason)
+            ops = [op for i, op in enumerate(ops) if i not in failed]
+            events = [ev for i, ev in enumerate(events) if i not in failed]
+            replies = [r for i, r in enumerate(replies) if i not in failed]
+        feats: list[dict[str, float]] = []
+        vecs: list[bytes] = []
+        pack, names = VECTOR.pack, FEATURE_NAMES
+        kept = []
+        for op, ev, st in zip(ops, events, replies, strict=True):
+            if type(ev) is TxEvent:
+                try:
+                    f = compute_features(ev, st or {})
+                    vecs.append(pack(*[f[n] for n in names]))  # every feature present and a number
+                except Exception as e:
+                    self._dead_op(op, _reason(e, "features"))
+                    continue
+                feats.append(f)
+            kept.append(op)
+        ops = kept
         champion = self.champion
         xgb = champion.predict(feats).tolist() if champion is not None and feats else None
         thr = champion.threshold if champion is not None else None
-        pending, names, predict, stats = self.pending, FEATURE_NAMES, self.model.predict, self.stats
-        pack, log_change = VECTOR.pack, self.changes.append
+        pending, predict, stats = self.pending, self.model.predict, self.stats
+        log_change = self.changes.append
         scores: list[dict] = []
         late_labels: list[Label] = []
         latencies = stats.latencies_ms
@@ -512,16 +555,19 @@ class Worker:
             if op[0] != "tx":
                 self._learn(*op[1])
                 continue
-            _, tx, ts, t_us = op
-            f = feats[k]
+            _, tx, m, t_us = op
+            f, vec = feats[k], vecs[k]
             px = xgb[k] if xgb is not None else None
             k += 1
             tid = tx["transaction_id"]
-            p = predict(f)
+            try:
+                p = predict(f)
+            except Exception as e:
+                self._dead_op(op, _reason(e, "river"))
+                continue
             if tid in pending:
                 stats.duplicate_transactions += 1
             else:
-                vec = pack(*[f[n] for n in names])
                 pending[tid] = [t_us, vec, p, px, False]
                 log_change((OP_PENDING, tid, t_us, vec, p, px))
                 stats.transactions += 1
@@ -529,17 +575,58 @@ class Worker:
             scores.append({"transaction_id": tid, "tx_datetime": tx["tx_datetime"].isoformat(),
                            "river_score": p, "xgb_score": px,
                            "xgb_alert": (px >= thr) if px is not None else None, "scored_at": now})
-            latencies.append((now - ts) * 1000.0)
+            latencies.append((now - m.ts) * 1000.0)
             orphan = self.orphans.pop(tid, None)
             if orphan is not None:  # its label came first: record it now that the transaction is known
                 late_labels.append(Label(tid, orphan[1], orphan[0]))
                 self._learn(orphan[0], tid, orphan[1])
         if late_labels:
-            self._store(late_labels, read=False)
+            _, failed = self._apply(late_labels, read=False)
+            for i, reason in failed.items():
+                lab = late_labels[i]
+                self._dead_op(("label", (lab.label_us, lab.transaction_id, lab.tx_fraud)), reason)
         self.sink.emit_scores(scores)
 
+    def _apply(self, events: list, read: bool) -> tuple[list, dict[int, str]]:
+        """The store's replies to ``events`` and the events it failed on ({index: reason}).
+
+        One call for the run; if it fails while the store is up, the events go again one by one (writes
+        are idempotent by transaction id, a label replaces itself) to find the ones at fault. A store that
+        does not answer is not the events' fault: that error propagates (the worker stops, its checkpoint
+        resumes it), so a Redis outage never dead-letters good events.
+        """
+        try:
+            return self._store(events, read), {}
+        except Exception as e:
+            self._raise_unless_store_up(e)
+            log.warning("store call of %d events failed (%s); retrying them one by one",
+                        len(events), type(e).__name__)
+        replies: list = []
+        failed: dict[int, str] = {}
+        for i, ev in enumerate(events):
+            for attempt in (0, 1):  # a second try: one transient failure does not dead-letter an event
+                try:
+                    replies.append(self._store([ev], read)[0])
+                    break
+                except Exception as e:
+                    self._raise_unless_store_up(e)
+                    if attempt:
+                        replies.append(None)
+                        failed[i] = _reason(e, "online store")
+        return replies, failed
+
+    def _raise_unless_store_up(self, err: Exception) -> None:
+        try:
+            self.features.store.ping()
+        except Exception:
+            raise err from None
+
     def _store(self, events: list, read: bool) -> list:
-        """Apply events to the online store in order, logging them when the store lives in the checkpoint."""
+        """Apply events to the online store in order, logging them when the store lives in the checkpoint.
+
+        Logged after the call succeeds, so an event that failed never reaches the checkpoint (a restart
+        replays the log)."""
+        replies = self.features.store.process(events, write=True, read=read)
         if self._log_store:
             log_change, entities = self.changes.append, WINDOW_ENTITIES
             for ev in events:
@@ -548,7 +635,7 @@ class Worker:
                     log_change((ckpt.OP_TX, ev.transaction_id, ev.t_us, ids, ev.amount))
                 else:
                     log_change((ckpt.OP_LABEL, ev.transaction_id, ev.tx_fraud, ev.label_us))
-        return self.features.store.process(events, write=True, read=read)
+        return replies
 
     def _learn(self, lt: int, tid: str, fraud: int) -> None:
         """Join a label (already recorded in the store) with the features its transaction was scored on."""
@@ -575,20 +662,42 @@ class Worker:
         self.stats.drift_events += 1
         self.drift_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.drift_file, "a") as f:
-            f.write(json.dumps({"time": ev.time.isoformat(), "detector": ev.detector, "stream": ev.stream,
-                                "details": ev.details}) + "\n")
+            f.write(json.dumps({"id": ev.id, "time": ev.time.isoformat(), "detector": ev.detector,
+                                "stream": ev.stream, "details": ev.details}) + "\n")
         self.sink.drift(ev)
 
     def _dead(self, topic: str, partition: int | None, offset: int | None, value: Any, reason: str) -> None:
         self.stats.dead_letters += 1
-        self.sink.dead_letter(DeadLetter(source_topic=topic, partition=partition, offset=offset,
-                                         reason=reason, payload=decode_leniently(value)))
+        # The log names the event and the kind of fault, never content (the dead letter carries it).
+        log.debug("dead letter %s:%s@%s: %s", topic, partition, offset, reason.split(DETAIL_SEP, 1)[0])
+        self.sink.dead_letter(DeadLetter.of(topic, partition, offset, value, reason))
+
+    def _dead_op(self, op: tuple, reason: str) -> None:
+        """Dead-letter one operation of ``_execute`` (a transaction message or a released label)."""
+        if op[0] == "tx":
+            m = op[2]
+            self._dead(m.topic, m.partition, m.offset, m.value, reason)
+        else:
+            lt, tid, fraud = op[1]
+            self._dead(TOPIC_LABELS, None, None, {"transaction_id": tid, "tx_fraud": fraud, "label_us": lt},
+                       reason)
 
     def close(self) -> None:
         self.wait_for_checkpoint()
         self.sink.close()
         self.source.close()
         self.features.store.close()
+
+
+DETAIL_SEP = " | "  # a dead letter's reason: what went wrong, then (unlogged) the error's own text
+
+
+def _reason(e: BaseException, stage: str) -> str:
+    """A dead letter's reason: the contract's reason (it never holds the value), else the stage and the
+    error's type, then its text, which may quote the input (the dead letter keeps it, the log does not)."""
+    if isinstance(e, EventError):
+        return e.reason[:MAX_REASON]
+    return f"{stage}: {type(e).__name__}{DETAIL_SEP}{e}"[:MAX_REASON]
 
 
 def model_state(model: OnlineModel) -> dict[str, Any]:

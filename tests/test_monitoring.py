@@ -78,7 +78,8 @@ def test_decision_combines_signals_with_evidence() -> None:
         [
             score_drift_signal(0.5, 1000, t),
             quality_signal(0.3, 0.72, 30, t),
-            stream_signal([{"detector": "ADWIN", "stream": "river_error"}] * 3, t),
+            stream_signal([{"detector": "ADWIN", "stream": "river_error", "time": f"2018-05-01T0{h}:00:00"}
+                           for h in range(3)], t),
         ],
     )
     assert loud.retrain and len(loud.reasons) == 3 and loud.label_free_flag
@@ -88,6 +89,43 @@ def test_decision_combines_signals_with_evidence() -> None:
         "d", [score_drift_signal(0.9, 10, t), quality_signal(0.0, 0.72, 2, t), stream_signal(None, t)]
     )
     assert not few.retrain and all(not s.evaluated for s in few.signals)
+
+
+def test_repeated_drift_events_count_once(tmp_path: Path) -> None:
+    """The worker's outputs are at least once: a drift event written again after a crash (same id) must not
+    count twice towards the retrain threshold; distinct events still do."""
+    import dataclasses
+    from datetime import datetime
+
+    from ml.monitoring.daily import read_stream_events
+    from ml.monitoring.decisions import decide, stream_signal
+    from ml.monitoring.thresholds import DriftThresholds
+    from ml.settings import get_settings
+    from streaming.events import DriftEvent
+    from streaming.sources import ReplaySource
+    from streaming.worker import Sink, Worker, build_store
+
+    settings = dataclasses.replace(get_settings(), data_dir=tmp_path, online_store="memory")
+    w = Worker(ReplaySource(pd.DataFrame(columns=["transaction_id", "tx_datetime", "customer_id",
+                                                   "terminal_id", "tx_amount"])),
+               Sink(), build_store(settings), settings, restore=False)
+    first = DriftEvent(time=datetime(2018, 5, 1, 10), detector="ADWIN", stream="river_error",
+                       details={"labels_learned": 100})
+    second = DriftEvent(time=datetime(2018, 5, 1, 11), detector="ADWIN", stream="river_error",
+                        details={"labels_learned": 200})
+    again = DriftEvent.model_validate_json(first.model_dump_json())  # as read back from the drift topic
+    assert again.id == first.id != second.id
+    for ev in (first, first, first, again):  # the worker replayed it after three crashes
+        w._drift(ev)
+    t = DriftThresholds(stream_events=2)
+    events = read_stream_events(settings, "2018-05-01")
+    assert events is not None and len(events) == 4
+    sig = stream_signal(events, t)
+    assert sig.value == 1 and not sig.fired and sig.detail["repeats_ignored"] == 3
+    assert not decide("2018-05-01", [sig]).retrain
+    w._drift(second)
+    sig = stream_signal(read_stream_events(settings, "2018-05-01"), t)
+    assert sig.value == 2 and sig.fired and decide("2018-05-01", [sig]).retrain
 
 
 def test_checks_fire_on_drifted_day_and_stay_quiet_on_stable(warehouse: Path, champ, tmp_path: Path) -> None:

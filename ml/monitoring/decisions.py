@@ -129,15 +129,33 @@ def quality_signal(ap: float | None, champion_ap: float | None, n_frauds: int, t
     )
 
 
+def drift_event_key(e: Mapping[str, Any]) -> Any:
+    """What makes a drift event itself: its id (the worker's outputs are at least once, so an event may be
+    written again after a crash, with the same id), or for a line without one its detector, stream, time
+    and label count."""
+    if e.get("id"):
+        return str(e["id"])
+    details = e.get("details")
+    seq = details.get("labels_learned") if isinstance(details, Mapping) else None
+    return (str(e.get("detector")), str(e.get("stream")), str(e.get("time")), str(seq))
+
+
 def stream_signal(events: Sequence[Mapping[str, Any]] | None, t: DriftThresholds) -> Signal:
+    """Distinct drift events of the day (repeats of one event count once) against ``stream_events``."""
     if events is None:
         return _not_evaluated(STREAM, t.stream_events, True, "no drift events file (stream worker not run)")
     by_detector: dict[str, int] = {}
+    seen: set[Any] = set()
     for e in events:
+        k = drift_event_key(e)
+        if k in seen:
+            continue
+        seen.add(k)
         key = f"{e.get('detector', '?')}/{e.get('stream', '?')}"
         by_detector[key] = by_detector.get(key, 0) + 1
-    n = len(events)
-    return Signal(STREAM, float(n), t.stream_events, n >= t.stream_events, True, {"by_detector": by_detector})
+    n = len(seen)
+    return Signal(STREAM, float(n), t.stream_events, n >= t.stream_events, True,
+                  {"by_detector": by_detector, "repeats_ignored": len(events) - n})
 
 
 def decide(day: str, signals: Sequence[Signal]) -> Decision:
