@@ -101,7 +101,7 @@ def _read_signed(path: Path, purpose: str, key: bytes | None = None) -> signing.
     try:
         return signing.unpickler(data, key, purpose, source=str(path))
     except signing.SignatureError as e:
-        log.error("refused checkpoint file %s: %s", path, e)
+        log.error("refused checkpoint file %s", e)  # the message starts with the path
         raise CheckpointRefused(f"{e}; {_FRESH}") from None
 
 
