@@ -157,13 +157,16 @@ class ChangeLog:
         return data
 
 
-def read_ops(unpickler: pickle.Unpickler):
+def read_ops(unpickler: pickle.Unpickler, source: str = "delta"):
     """The ops of one delta (an unpickler on its verified payload), in order."""
     while True:
         try:
             yield unpickler.load()
         except EOFError:
             return
+        except pickle.UnpicklingError as e:  # signed, yet names a class off the allow-list
+            log.error("refused checkpoint file %s: %s", source, e)
+            raise CheckpointRefused(f"{source}: {e}; {_FRESH}") from None
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,8 @@ def _materialise(directory: Path, head: dict, key: bytes | None = None) -> tuple
     batch: list = []
     for seq in head["deltas"]:
         # The whole delta is verified before its first op is unpickled.
-        for op in read_ops(_read_signed(directory / _delta_name(seq), DELTA_PURPOSE, key)):
+        path = directory / _delta_name(seq)
+        for op in read_ops(_read_signed(path, DELTA_PURPOSE, key), str(path)):
             kind = op[0]
             if kind == OP_TX:
                 _, tid, t_us, ids, amount = op

@@ -138,12 +138,14 @@ def test_planted_pickle_is_never_unpickled(tmp_path: Path, name: str, caplog) ->
     with pytest.raises(ckpt.CheckpointRefused, match="not signed.*--fresh"):
         ckpt.load(directory)
     assert f"refused checkpoint file {directory / name}" in caplog.text
-    # Signed with the real key (a leaked key): the allow-list still refuses it.
-    (directory / name).write_bytes(dumps(Planted(marker), load_key()))
-    with pytest.raises(ckpt.CheckpointRefused):
+    # Signed with the real key for its role (a leaked key): the allow-list still refuses it.
+    purpose = {"latest.pkl": ckpt.HEAD_PURPOSE, "delta-00000002.pkl": ckpt.DELTA_PURPOSE}.get(name,
+                                                                                           ckpt.BASE_PURPOSE)
+    (directory / name).write_bytes(dumps(Planted(marker), load_key(), purpose))
+    with pytest.raises(ckpt.CheckpointRefused, match="not allowed"):
         ckpt.load(directory)
     if name == "latest.pkl":
-        with pytest.raises(ckpt.CheckpointRefused):
+        with pytest.raises(ckpt.CheckpointRefused, match="not allowed"):
             ckpt.load_model(directory)
     assert not marker.exists()
 
@@ -174,6 +176,7 @@ def test_tampered_byte_and_swapped_or_old_files_are_refused(tmp_path: Path) -> N
 
 def test_worker_cli_refuses_a_tampered_checkpoint_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
     from ml.cli import main
+    from ml.simulate import SimulationConfig, simulate
     from streaming import checkpoint as ckpt
 
     monkeypatch.setenv("FRAUD_DATA_DIR", str(tmp_path))
@@ -182,9 +185,8 @@ def test_worker_cli_refuses_a_tampered_checkpoint_with_a_clear_message(tmp_path:
     _chain(directory)
     (directory / "latest.pkl").write_bytes(pickle.dumps(Planted(marker)))
     events = tmp_path / "tx.parquet"
-    from ml.simulate import SimulationConfig, simulate
-
-    simulate(SimulationConfig(n_customers=20, n_terminals=40, n_days=3, seed=1), progress=False).to_parquet(events)
+    simulate(SimulationConfig(n_customers=20, n_terminals=40, n_days=3, seed=1), progress=False).to_parquet(
+        events)
     r = CliRunner().invoke(main, ["worker", "--no-champion", "--path", str(events)])
     assert r.exit_code != 0 and not marker.exists()
     assert "checkpoint not restored" in r.output and "--fresh" in r.output
