@@ -3,6 +3,10 @@
 ``load_river_checkpoint`` returns the latest checkpoint at ``data_dir/streaming/river/latest.pkl``, or None
 when there is none (no streaming worker has run). The streaming stage owns the checkpoint's format; this
 side only needs an object with River's ``predict_proba_one(features) -> {label: probability}``.
+
+The checkpoint is signed (``ml.signing``) and verified before it is unpickled: a file planted in the data
+directory is refused (logged once, with its path and the reason) and the service keeps the River model it
+has.
 """
 
 from __future__ import annotations
@@ -22,16 +26,10 @@ def checkpoint_path(data_dir: Path) -> Path:
 
 
 def load_river_checkpoint(data_dir: Path) -> Any | None:
-    path = checkpoint_path(data_dir)
-    if not path.exists():
-        return None
-    try:
-        from streaming.checkpoint import load_model  # the streaming stage's reader of its own format
+    """The checkpoint's River model, or None if there is none; raises if it cannot be loaded (refused)."""
+    from streaming.checkpoint import load_model  # the streaming stage's reader of its own format
 
-        return load_model(path)
-    except Exception as exc:  # a half-written or incompatible checkpoint must not break scoring
-        log.warning("cannot load River checkpoint %s: %s", path, exc)
-        return None
+    return load_model(checkpoint_path(data_dir))
 
 
 def river_opinion(model: Any | None, features: dict[str, float]) -> float | None:
@@ -70,24 +68,39 @@ def river_opinions(model: Any | None, rows: np.ndarray, names: Sequence[str]) ->
 
 
 class RiverWatcher:
-    """Reloads the checkpoint when its file changes (checked at most every ``interval_s`` seconds)."""
+    """Reloads the checkpoint when its file changes (checked at most every ``interval_s`` seconds).
+
+    A file that cannot be loaded (refused by its signature, half-written, another format) leaves the current
+    model in place; it is reported once, not at every check, and the next file the worker commits is
+    tried."""
 
     def __init__(self, data_dir: Path, interval_s: float = 10.0):
         self.path = checkpoint_path(data_dir)
         self.data_dir = Path(data_dir)
         self.interval_s = interval_s
         self.model: Any | None = None
-        self._mtime: float | None = None
+        self.error: str | None = None  # why the current file was not loaded
+        self._seen: tuple[int, int, int] | None = None
 
     def refresh(self) -> None:
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
-            self.model, self._mtime = None, None
+            self.model, self._seen, self.error = None, None, None
             return
-        if mtime != self._mtime:
-            self.model, self._mtime = load_river_checkpoint(self.data_dir), mtime
-            if self.model is not None:  # the first batch call imports pandas' machinery: not in a request
-                from ml.features.spec import FEATURE_NAMES
+        seen = (st.st_mtime_ns, st.st_ino, st.st_size)  # a replaced file has another inode
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            model = load_river_checkpoint(self.data_dir)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("River checkpoint %s not loaded, keeping the current River model: %s", self.path,
+                      self.error)
+            return
+        self.model, self.error = model, None
+        if model is not None:  # the first batch call imports pandas' machinery: not in a request
+            from ml.features.spec import FEATURE_NAMES
 
-                river_opinions(self.model, np.zeros((2, len(FEATURE_NAMES))), FEATURE_NAMES)
+            river_opinions(self.model, np.zeros((2, len(FEATURE_NAMES))), FEATURE_NAMES)

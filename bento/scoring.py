@@ -74,12 +74,14 @@ class Scorer:
             log.info("serving champion %s", champ.tag)
             return True
 
-    def reload_if_newer(self) -> str | None:
-        """Pick up a newly promoted champion; returns its tag if one was loaded."""
+    def reload_if_newer(self, actor: str = "service:/reload") -> str | None:
+        """Pick up a newly promoted champion; returns its tag if one was loaded (recorded in the decision
+        log as done by ``actor``)."""
         self.river.refresh()
         tag = latest_tag()
         current = self.champion.tag if self.champion else None
         if tag is not None and tag != current and self.load(tag):
+            _audit_reload(actor, current, tag)
             return tag
         return None
 
@@ -158,6 +160,15 @@ class Scorer:
                 for j in top]
 
 
+def _audit_reload(actor: str, from_tag: str | None, to_tag: str) -> None:
+    from ml.registry import audit
+
+    try:
+        audit("reload", actor, "service picked up the latest champion", from_tag, to_tag, pid=os.getpid())
+    except Exception as exc:  # a read-only data dir must not undo a reload that happened
+        log.warning("reload of %s not recorded in the decision log: %s", to_tag, exc)
+
+
 def _env_float(name: str) -> float | None:
     value = os.environ.get(name)
     return float(value) if value else None
@@ -191,7 +202,7 @@ class ChampionPoller(threading.Thread):
             self._seen = seen
             next_poll = time.monotonic() + self.interval_s
             try:
-                self.scorer.reload_if_newer()
+                self.scorer.reload_if_newer(actor="service:poller")
             except Exception as exc:  # never let the poller die silently on a transient store error
                 log.warning("champion poll failed: %s", exc)
 

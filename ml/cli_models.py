@@ -35,28 +35,40 @@ def list_cmd(as_json: bool) -> None:
                    f"train=[{r['train_start'][:10]}, {r['train_end'][:10]}) {figures}{extra}")
 
 
+_BY = click.option("--by", "actor", default=None,
+                   help="Who does this, for the decision log (default: the OS user).")
+
+
 @models.command("promote")
 @click.argument("tag")
-@click.option("--reason", default="manual promotion", show_default=True)
-def promote_cmd(tag: str, reason: str) -> None:
-    """Make TAG (a fraud-xgb version, e.g. fraud-xgb:abc123) the champion, bypassing the gate."""
+@click.option("--reason", default=None, help="Why, for the decision log. [default: manual promotion]")
+@click.option("--force", is_flag=True, help="Promote a model the gate rejected (needs --reason).")
+@_BY
+def promote_cmd(tag: str, reason: str | None, force: bool, actor: str | None) -> None:
+    """Make TAG (a fraud-xgb version, e.g. fraud-xgb:abc123) the champion, bypassing the gate.
+
+    A model the gate rejected is refused unless --force --reason "..." are given. Every promotion is
+    recorded in the decision log (who, when, why, previous and new champion)."""
     from ml.registry import promote
 
+    if force and not (reason and reason.strip()):
+        raise click.UsageError('--force needs --reason "why the gate\'s rejection is overruled"')
     try:
-        new = promote(tag, reason)
-    except Exception as e:  # bentoml NotFound and friends: show the message, not a traceback
+        new = promote(tag, reason or "manual promotion", actor=actor, force=force)
+    except Exception as e:  # PromotionRefused, bentoml NotFound and friends: the message, not a traceback
         raise click.ClickException(str(e)) from e
     click.echo(f"champion is now {new} (from {tag})")
 
 
 @models.command("rollback")
 @click.option("--reason", default="manual rollback", show_default=True)
-def rollback_cmd(reason: str) -> None:
-    """Restore the previous champion."""
+@_BY
+def rollback_cmd(reason: str, actor: str | None) -> None:
+    """Restore the previous champion (recorded in the decision log)."""
     from ml.registry import champion, rollback
 
     try:
-        new = rollback(reason)
+        new = rollback(reason, actor=actor)
     except RuntimeError as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"champion is now {new} ({champion().info.metadata['source_tag']})")
@@ -65,7 +77,8 @@ def rollback_cmd(reason: str) -> None:
 @models.command("decisions")
 @click.option("-n", default=20, show_default=True)
 def decisions_cmd(n: int) -> None:
-    """The last gate/rollback decisions (data_dir/registry/decisions.jsonl)."""
+    """The last gate decisions, promotions, rollbacks and service reloads (data_dir/registry/decisions.jsonl,
+    oldest first)."""
     from ml.registry import last_decisions
 
     for d in last_decisions(n):

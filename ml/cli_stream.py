@@ -66,6 +66,7 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     import shutil
 
     from ml.settings import get_settings
+    from ml.signing import SigningKeyError, load_key
     from streaming import checkpoint as ckpt
     from streaming.river_model import make_model
     from streaming.worker import KafkaSink, Sink, Worker, build_store, load_champion, streaming_dir
@@ -75,6 +76,10 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     settings = dataclasses.replace(settings, events=events or settings.events,
                                    online_store=store or settings.online_store,
                                    kafka_bootstrap=bootstrap or settings.kafka_bootstrap)
+    try:
+        load_key()  # checkpoints are signed: a missing or unsafe key stops the worker before it starts
+    except SigningKeyError as e:
+        raise click.ClickException(str(e)) from None
     if fresh:
         shutil.rmtree(ckpt.river_dir(settings), ignore_errors=True)
     if settings.events == "kafka":
@@ -92,9 +97,12 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     champion = None if no_champion else load_champion(settings)
     click.echo(f"worker: events={settings.events} store={settings.online_store} "
                f"champion={champion.tag if champion else 'none (River only)'}", err=True)
-    w = Worker(source, sink, build_store(settings, redis_prefix), settings, champion=champion,
-               model=make_model(model) if model else None, checkpoint_every=checkpoint_every, freeze_gc=True,
-               **({"fold_min_ops": compact_after} if compact_after else {}))
+    try:
+        w = Worker(source, sink, build_store(settings, redis_prefix), settings, champion=champion,
+                   model=make_model(model) if model else None, checkpoint_every=checkpoint_every,
+                   freeze_gc=True, **({"fold_min_ops": compact_after} if compact_after else {}))
+    except ckpt.CheckpointRefused as e:  # tampered, unsigned (older version) or another format: not loaded
+        raise click.ClickException(f"checkpoint not restored: {e}") from None
     try:
         stats = w.run(max_events=max_events, idle_timeout=idle_timeout)
     finally:

@@ -16,11 +16,16 @@ Contract (other stages code against it):
   absolute: the day-to-day noise of AP on a week of data is of that order, so a challenger that is as good
   within noise takes over and keeps the model fresh). Without a champion the challenger is promoted.
   Every decision is appended to ``<data_dir>/registry/decisions.jsonl``.
+- Audit: every promotion, rollback and service reload is appended to the same log (``audit``) with its time,
+  actor (``--by``, else the OS user), reason and both champions (``from``/``to``: the candidate tags).
+  A model the gate rejected (its latest gate decision) is promoted by hand only with ``force`` and a reason.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +43,10 @@ DEFAULT_TOLERANCE = 0.01
 REQUIRED_METADATA = ("feature_names", "spec_version", "train_start", "train_end", "data_fingerprint",
                      "metrics", "threshold")
 GATE_METRICS = ("average_precision", "auc_roc")
+
+
+class PromotionRefused(RuntimeError):
+    """A manual promotion the registry will not make (a model the gate rejected, without force and reason)."""
 
 
 def _bentoml():  # noqa: ANN202 - the module
@@ -122,11 +131,75 @@ def _stack() -> list[bentoml.Model]:
     return stack
 
 
-def promote(tag: str, reason: str, decision: dict[str, Any] | None = None) -> str:
-    """Make model ``tag`` (a ``fraud-xgb`` version) the champion; returns the new ``fraud-champion`` tag."""
+def default_actor() -> str:
+    """Who runs this process: the login name (``getpass.getuser``), else the uid."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment nor the password database (containers)
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def _os_user() -> str | None:
+    """The account of the process by uid (unlike ``getuser``, not taken from environment variables)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else None
+
+
+def audit(action: str, actor: str | None, reason: str, from_tag: str | None, to_tag: str | None,
+          **extra: Any) -> dict[str, Any]:
+    """Append an operator's or a service's action on the champion to the decision log; returns the entry.
+
+    ``from_tag``/``to_tag``: the champion before and after (candidate tags, or what the caller serves)."""
+    entry = {"at": _now(), "action": action, "actor": actor or default_actor(), "os_user": _os_user(),
+             "reason": reason, "from": from_tag, "to": to_tag, **extra}
+    _record(entry)
+    return entry
+
+
+def gate_rejection(tag: str) -> dict[str, Any] | None:
+    """The gate's decision on candidate ``tag`` if its latest one rejected it, else None."""
+    full = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
+    last = None
+    for d in last_decisions(n=None):
+        if d.get("action") == "gate" and str(d.get("challenger_tag", "")) in (tag, full):
+            last = d
+    return last if last is not None and not last.get("promoted") else None
+
+
+def promote(tag: str, reason: str, decision: dict[str, Any] | None = None, *, actor: str | None = None,
+            force: bool = False) -> str:
+    """Make model ``tag`` (a ``fraud-xgb`` version) the champion by hand; returns the new ``fraud-champion``
+    tag. A model the gate rejected needs ``force`` and a reason (``PromotionRefused`` otherwise). Audited."""
+    source = _source(tag)
+    rejected = gate_rejection(str(source.tag))
+    if rejected is not None:
+        why = f"{source.tag} was rejected by the gate at {rejected.get('at')}: {rejected.get('reason')}"
+        if not force:
+            raise PromotionRefused(f"{why}; promote it anyway with --force --reason \"why\"")
+        if not reason.strip():
+            raise PromotionRefused(f"{why}; a forced promotion needs a reason")
+    actor = actor or default_actor()
+    current = champion()
+    overruled = {"forced_over_gate": rejected.get("reason")} if rejected else {}
+    new_tag = _promote(source, reason, decision or {"reason": reason, "actor": actor, **overruled})
+    audit("promote", actor, reason, current.info.metadata.get("source_tag") if current else None,
+          str(source.tag), previous_champion_tag=str(current.tag) if current else None, champion_tag=new_tag,
+          forced=rejected is not None, **({"gate_rejection": rejected.get("reason")} if rejected else {}))
+    return new_tag
+
+
+def _source(tag: str) -> bentoml.Model:
     source = get(tag)
     if source.tag.name == CHAMPION_NAME:  # re-promoting an old champion version: point at its candidate
         source = get(str(source.info.metadata["source_tag"]))
+    return source
+
+
+def _promote(source: bentoml.Model, reason: str, decision: dict[str, Any] | None = None) -> str:
     missing = [k for k in REQUIRED_METADATA if k not in source.info.metadata]
     if missing:  # the gate, the service and monitoring all read these: refuse rather than fail later
         raise ValueError(f"{source.tag} lacks metadata {missing} (registry contract): not promoted")
@@ -138,7 +211,7 @@ def promote(tag: str, reason: str, decision: dict[str, Any] | None = None) -> st
     return _save(CHAMPION_NAME, load_booster(source), meta, labels)
 
 
-def rollback(reason: str = "manual rollback") -> str:
+def rollback(reason: str = "manual rollback", actor: str | None = None) -> str:
     """Restore the previous champion (saved again as the newest ``fraud-champion``); returns its new tag."""
     stack = _stack()
     if len(stack) < 2:
@@ -150,8 +223,8 @@ def rollback(reason: str = "manual rollback") -> str:
                           "restored": str(previous.tag)})
     labels = {**previous.info.labels, "stage": "champion"}
     new_tag = _save(CHAMPION_NAME, load_booster(previous), meta, labels)
-    _record({"at": _now(), "action": "rollback", "reason": reason,
-             "from": current.info.metadata["source_tag"], "to": meta["source_tag"], "champion_tag": new_tag})
+    audit("rollback", actor, reason, current.info.metadata["source_tag"], meta["source_tag"],
+          previous_champion_tag=str(current.tag), champion_tag=new_tag)
     return new_tag
 
 
@@ -167,6 +240,7 @@ class Decision:
     evaluation_window: dict[str, str] = field(default_factory=dict)
     at: str = field(default_factory=_now)
     new_champion_tag: str | None = None
+    actor: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,7 +268,7 @@ def decide(eval_metrics: dict[str, float], champion_metrics: dict[str, float] | 
 
 def gate(challenger_tag: str, eval_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
          tolerance: float = DEFAULT_TOLERANCE, evaluation_window: dict[str, str] | None = None,
-         champion_tag: str | None = None, note: str = "") -> Decision:
+         champion_tag: str | None = None, note: str = "", actor: str | None = None) -> Decision:
     """Decide, promote if the challenger passes, and record the decision (decisions.jsonl).
 
     ``champion_metrics`` None with a champion in place means it could not be scored on the window (``note``
@@ -210,13 +284,13 @@ def gate(challenger_tag: str, eval_metrics: dict[str, float], champion_metrics: 
         reason += f" ({note})"
     d = Decision(challenger_tag, ok, reason, tolerance, dict(eval_metrics),
                  dict(champion_metrics) if champion_metrics else None, champion_tag,
-                 dict(evaluation_window or {}))
+                 dict(evaluation_window or {}), actor=actor or default_actor())
     already = current is not None and current.info.metadata.get("source_tag") == str(get(challenger_tag).tag)
     if ok and already:
         d.new_champion_tag = str(current.tag)
         d.reason += "; it already is the champion"
-    elif ok:
-        d.new_champion_tag = promote(challenger_tag, reason, decision={
+    elif ok:  # the gate's own promotion: recorded below as its decision
+        d.new_champion_tag = _promote(_source(challenger_tag), reason, decision={
             "reason": reason, "tolerance": tolerance, "evaluation_window": d.evaluation_window,
             "challenger_metrics": d.challenger_metrics, "champion_metrics": d.champion_metrics or {},
             "previous_champion": champion_tag or ""})

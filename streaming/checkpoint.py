@@ -17,11 +17,16 @@ Layout under ``<data_dir>/streaming/river/``:
   scoring service wanting River's opinion) sees the previous checkpoint or the new one, never a mix.
 
 ``load_model`` is what the service uses: it reads only ``latest.pkl``.
+
+Every file is signed (``ml.signing``: HMAC-SHA256 with the platform's key, bound to the file's role) and
+verified before it is unpickled, through an allow-list of classes: a file planted or modified in the
+directory, or one written before checkpoints were signed, is refused (``CheckpointRefused``), never run.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import tempfile
@@ -30,9 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml import signing
 from streaming.river_model import OnlineModel
 
-FORMAT = 2
+log = logging.getLogger(__name__)
+
+FORMAT = 3  # 3: signed files
 HEAD = "latest.pkl"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -52,11 +60,25 @@ def river_dir(settings=None) -> Path:
     return settings.data_dir / "streaming" / "river"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+_FRESH = "start the worker with --fresh to discard the checkpoint"
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint file failed verification (or is of another format): it is not loaded."""
+
+
+# Signing purposes: a file signed as one role cannot be passed off as another.
+HEAD_PURPOSE, BASE_PURPOSE, DELTA_PURPOSE = ("river-checkpoint/head", "river-checkpoint/base",
+                                             "river-checkpoint/delta")
+
+
+def _atomic_write(path: Path, data: bytes, purpose: str, key: bytes) -> None:
+    """Write ``data`` signed for ``purpose``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            f.write(signing.header(data, key, purpose))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -70,6 +92,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def _read_signed(path: Path, purpose: str, key: bytes | None = None) -> signing.RestrictedUnpickler:
+    """An allow-list unpickler on the verified payload of ``path``; ``CheckpointRefused`` if it fails."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return signing.unpickler(data, key, purpose, source=str(path))
+    except signing.SignatureError as e:
+        log.error("refused checkpoint file %s", e)  # the message starts with the path
+        raise CheckpointRefused(f"{e}; {_FRESH}") from None
+
+
+def _load_signed(path: Path, purpose: str, key: bytes | None = None) -> Any:
+    try:
+        return _read_signed(path, purpose, key).load()
+    except pickle.UnpicklingError as e:  # signed, yet names a class off the allow-list
+        log.error("refused checkpoint file %s: %s", path, e)
+        raise CheckpointRefused(f"{path}: {e}; {_FRESH}") from None
 
 
 def _base_name(seq: int) -> str:
@@ -116,14 +157,16 @@ class ChangeLog:
         return data
 
 
-def read_ops(data: bytes):
-    """The ops of one delta, in order."""
-    unpickler = pickle.Unpickler(io.BytesIO(data))
+def read_ops(unpickler: pickle.Unpickler, source: str = "delta"):
+    """The ops of one delta (an unpickler on its verified payload), in order."""
     while True:
         try:
             yield unpickler.load()
         except EOFError:
             return
+        except pickle.UnpicklingError as e:  # signed, yet names a class off the allow-list
+            log.error("refused checkpoint file %s: %s", source, e)
+            raise CheckpointRefused(f"{source}: {e}; {_FRESH}") from None
 
 
 @dataclass(frozen=True)
@@ -153,24 +196,27 @@ def base_bytes(pending: dict, store_snapshot: dict | None) -> bytes:
 def write(directory: Path, job: WriteJob) -> Path:
     """Write the job's files, then commit ``latest.pkl``; fold if asked; drop files no longer referenced."""
     directory.mkdir(parents=True, exist_ok=True)
+    key = signing.load_key()
     if job.base is not None:
-        _atomic_write(directory / _base_name(job.base_seq if job.base_seq is not None else job.seq), job.base)
+        _atomic_write(directory / _base_name(job.base_seq if job.base_seq is not None else job.seq), job.base,
+                      BASE_PURPOSE, key)
     if job.delta is not None:
-        _atomic_write(directory / _delta_name(job.seq), job.delta)
-    _atomic_write(directory / HEAD, job.head)
-    head = pickle.loads(job.head)
+        _atomic_write(directory / _delta_name(job.seq), job.delta, DELTA_PURPOSE, key)
+    _atomic_write(directory / HEAD, job.head, HEAD_PURPOSE, key)
+    head = pickle.loads(job.head)  # our own bytes, from memory
     if job.fold:
-        head = fold(directory, head)
+        head = fold(directory, head, key)
     _cleanup(directory, head)
     return directory / HEAD
 
 
-def fold(directory: Path, head: dict) -> dict:
+def fold(directory: Path, head: dict, key: bytes | None = None) -> dict:
     """Rebuild the state from the head's chain, write it as ``base-<seq>``, commit a head pointing at it."""
-    pending, store = _materialise(directory, head)
-    _atomic_write(directory / _base_name(head["seq"]), base_bytes(pending, store))
+    key = key if key is not None else signing.load_key()
+    pending, store = _materialise(directory, head, key)
+    _atomic_write(directory / _base_name(head["seq"]), base_bytes(pending, store), BASE_PURPOSE, key)
     head = dict(head, base=head["seq"], deltas=[], ops_since_base=0)
-    _atomic_write(directory / HEAD, pickle.dumps(head, protocol=PROTOCOL))
+    _atomic_write(directory / HEAD, pickle.dumps(head, protocol=PROTOCOL), HEAD_PURPOSE, key)
     return head
 
 
@@ -182,13 +228,13 @@ def _cleanup(directory: Path, head: dict) -> None:
                 old.unlink(missing_ok=True)
 
 
-def _materialise(directory: Path, head: dict) -> tuple[dict, dict | None]:
+def _materialise(directory: Path, head: dict, key: bytes | None = None) -> tuple[dict, dict | None]:
     """(pending, store snapshot) as of the head: its base with its deltas applied in order."""
     from ml.features.online import WINDOW_ENTITIES, TxEvent, from_us
     from streaming.online_store import Label, MemoryStore
 
-    with open(directory / _base_name(head["base"]), "rb") as f:
-        base = pickle.load(f)
+    key = key if key is not None else signing.load_key()
+    base = _load_signed(directory / _base_name(head["base"]), BASE_PURPOSE, key)
     pending: dict[str, list] = base["pending"]
     store = None
     if base["store"] is not None:
@@ -197,9 +243,9 @@ def _materialise(directory: Path, head: dict) -> tuple[dict, dict | None]:
     entities = tuple(WINDOW_ENTITIES)
     batch: list = []
     for seq in head["deltas"]:
-        with open(directory / _delta_name(seq), "rb") as f:
-            data = f.read()
-        for op in read_ops(data):
+        # The whole delta is verified before its first op is unpickled.
+        path = directory / _delta_name(seq)
+        for op in read_ops(_read_signed(path, DELTA_PURPOSE, key), str(path)):
             kind = op[0]
             if kind == OP_TX:
                 _, tid, t_us, ids, amount = op
@@ -248,23 +294,26 @@ def save(directory: Path, ckpt: Checkpoint) -> Path:
     return write(directory, job)
 
 
-def _read_head(directory: Path) -> dict | None:
-    head_path = directory / HEAD
+def read_head(head_path: Path, key: bytes | None = None) -> dict | None:
+    """The verified head (``latest.pkl``), None if there is none; ``CheckpointRefused`` if it fails."""
     if not head_path.exists():
         return None
-    with open(head_path, "rb") as f:
-        head = pickle.load(f)
-    if head.get("format") != FORMAT:
-        raise ValueError(f"{head_path}: checkpoint format {head.get('format')} is not {FORMAT}; "
-                         "start the worker with --fresh to discard it")
+    head = _load_signed(head_path, HEAD_PURPOSE, key)
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        fmt = head.get("format") if isinstance(head, dict) else None
+        log.error("refused checkpoint file %s: format %s is not %s", head_path, fmt, FORMAT)
+        raise CheckpointRefused(f"{head_path}: checkpoint format {fmt} is not {FORMAT}; {_FRESH}")
     return head
 
 
 def load(directory: Path) -> Checkpoint | None:
-    head = _read_head(directory)
+    """The checkpoint in ``directory`` (None if there is none); ``CheckpointRefused`` if any of its files
+    fails verification: nothing of it is used then."""
+    key = signing.load_key()
+    head = read_head(directory / HEAD, key)
     if head is None:
         return None
-    pending, store = _materialise(directory, head)
+    pending, store = _materialise(directory, head, key)
     state = {"pending": pending, **head["small"], "store": store}
     return Checkpoint(model=head["model"], position=head["position"], state=state, stats=head["stats"],
                       seq=head["seq"], saved_at=head["saved_at"], base=head["base"],
@@ -274,15 +323,14 @@ def load(directory: Path) -> Checkpoint | None:
 def load_model(path: Path | None = None) -> OnlineModel | None:
     """The River model of the latest checkpoint (for the scoring service), or None if there is none yet.
 
-    ``path`` is ``latest.pkl`` or its directory (default ``<data_dir>/streaming/river``).
+    ``path`` is ``latest.pkl`` or its directory (default ``<data_dir>/streaming/river``). Raises
+    ``CheckpointRefused`` for a file that fails verification (or of another format).
     """
     path = Path(path) if path is not None else river_dir()
     if path.is_dir():
         path = path / HEAD
-    if not path.exists():
-        return None
-    with open(path, "rb") as f:
-        return pickle.load(f)["model"]
+    head = read_head(path)
+    return None if head is None else head["model"]
 
 
 # --------------------------------------------------------------------- in-process store snapshot (adapter)

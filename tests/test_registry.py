@@ -111,3 +111,72 @@ def test_models_cli_list_promote_rollback(pair: dict) -> None:
     assert res.exit_code == 0, res.output
     assert registry.champion().info.metadata["source_tag"] == pair["good"]["tag"]
     assert runner.invoke(main, ["models", "promote", "fraud-xgb:doesnotexist"]).exit_code != 0
+
+
+def _fresh_candidate(pair: dict, which: str) -> str:
+    """A new fraud-xgb version (same booster and metadata as ``which``): no gate decision on it yet."""
+    from ml import registry
+
+    m = registry.get(pair[which]["tag"])
+    return registry.save_candidate(registry.load_booster(m), dict(m.info.metadata))
+
+
+def test_gate_rejected_model_needs_force_and_reason_and_every_change_is_audited(pair: dict) -> None:
+    import getpass
+
+    from ml import registry
+    from ml.cli import main
+
+    good, bad = pair["good"], pair["bad"]
+    rejected = _fresh_candidate(pair, "bad")
+    registry.promote(good["tag"], "baseline")
+    assert registry.last_decisions(1)[-1]["actor"] == getpass.getuser()  # default: the OS user
+    baseline = str(registry.champion().tag)
+    assert not registry.gate(rejected, bad["metrics"], good["metrics"]).promoted
+    assert registry.gate_rejection(rejected) is not None and registry.gate_rejection(good["tag"]) is None
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["models", "promote", rejected])
+    assert res.exit_code != 0 and "rejected by the gate" in res.output and "--force" in res.output
+    res = runner.invoke(main, ["models", "promote", rejected, "--force"])
+    assert res.exit_code != 0 and "--reason" in res.output
+    with pytest.raises(registry.PromotionRefused, match="rejected by the gate"):
+        registry.promote(rejected, "no force")
+    assert str(registry.champion().tag) == baseline and registry.last_decisions(1)[-1]["action"] == "gate"
+
+    res = runner.invoke(main, ["models", "promote", rejected, "--force", "--reason", "INC-42 hotfix",
+                               "--by", "alice"])
+    assert res.exit_code == 0, res.output
+    entry = registry.last_decisions(1)[-1]
+    assert entry["action"] == "promote" and entry["actor"] == "alice" and entry["reason"] == "INC-42 hotfix"
+    assert entry["from"] == good["tag"] and entry["to"] == rejected and entry["forced"] is True
+    assert entry["previous_champion_tag"] == baseline
+    assert entry["champion_tag"] == str(registry.champion().tag)
+    assert "worse" in entry["gate_rejection"] and entry["at"] and entry["os_user"]
+    assert registry.champion().info.metadata["decision"]["actor"] == "alice"
+
+    res = runner.invoke(main, ["models", "rollback", "--reason", "INC-42 over", "--by", "bob"])
+    assert res.exit_code == 0, res.output
+    entry = registry.last_decisions(1)[-1]
+    assert (entry["action"], entry["actor"], entry["reason"]) == ("rollback", "bob", "INC-42 over")
+    assert entry["from"] == rejected and entry["to"] == good["tag"]
+    res = runner.invoke(main, ["models", "decisions", "-n", "2"])
+    assert res.exit_code == 0 and '"actor": "alice"' in res.output and '"actor": "bob"' in res.output
+
+
+def test_service_reload_is_audited(pair: dict) -> None:
+    from bento.scoring import Scorer
+    from ml import registry
+    from streaming.online_store import MemoryStore
+
+    registry.promote(pair["good"]["tag"], "served first")
+    scorer = Scorer(store=MemoryStore())
+    assert scorer.load()
+    before = scorer.champion.tag
+    registry.promote(_fresh_candidate(pair, "good"), "a newer champion")
+    assert scorer.reload_if_newer() == str(registry.champion().tag)
+    entry = registry.last_decisions(1)[-1]
+    assert entry["action"] == "reload" and entry["actor"] == "service:/reload"
+    assert entry["from"] == before and entry["to"] == scorer.champion.tag
+    assert scorer.reload_if_newer() is None  # nothing new: no entry
+    assert registry.last_decisions(1)[-1] == entry

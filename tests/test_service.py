@@ -415,3 +415,49 @@ def test_bento_packs_the_champion_and_every_module_the_service_imports() -> None
         assert MODEL_NAME in {m.tag.name for m in bento.info.all_models}
     finally:
         bentoml.bentos.delete(str(bento.tag))
+
+
+class _Planted:
+    """A pickle that runs a shell command when loaded (the reproduced attack on latest.pkl)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_river_checkpoint_is_not_run_and_the_service_keeps_its_model(monkeypatch, tmp_path) -> None:
+    """A pickle planted as latest.pkl, then /reload: refused, never unpickled; the River opinion unchanged."""
+    import pickle
+
+    from ml.settings import get_settings
+    from streaming.checkpoint import Checkpoint, save
+    from streaming.river_model import OnlineModel
+
+    token = f"admin-{uuid.uuid4().hex}"  # /reload is an admin call (FRAUD_ADMIN_TOKEN)
+    auth = {"Authorization": f"Bearer {token}"}
+    model = OnlineModel()
+    for i in range(20):
+        model.learn({"tx_amount": 10.0 + i, "customer_nb_tx_1d": 1.0}, i % 2, datetime(2018, 9, 1), 0.5)
+    river_dir = get_settings().data_dir / "streaming" / "river"
+    marker = tmp_path / "pwned"
+    with _client(monkeypatch, FRAUD_ONLINE_STORE="memory", FRAUD_ADMIN_TOKEN=token) as c:
+        save(river_dir, Checkpoint(model=model, position={}))
+        try:
+            assert c.post("/reload", headers=auth).status_code == 200
+            fresh = {**TX, "customer_id": "planted-c1", "terminal_id": "planted-t1", "transaction_id": "p-1"}
+            before = c.post("/score", json=fresh).json()["online_model_probability"]
+            assert isinstance(before, float)
+            (river_dir / "latest.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+            assert c.post("/reload", headers=auth).status_code == 200
+            again = {**fresh, "customer_id": "planted-c2", "terminal_id": "planted-t2",
+                     "transaction_id": "p-2"}
+            r = c.post("/score", json=again)
+            assert r.status_code == 200, r.text
+            assert r.json()["online_model_probability"] == before  # same features, the same River model
+            assert not marker.exists()
+        finally:
+            for f in river_dir.glob("*.pkl"):
+                f.unlink()
+            c.post("/reload", headers=auth)

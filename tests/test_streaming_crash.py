@@ -7,7 +7,6 @@ broker (tansu) with the real Redis store (replayed events applied idempotently b
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -19,6 +18,13 @@ import pytest
 from tests.conftest import require_service
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _shared_signing_key(monkeypatch) -> None:
+    """The workers (subprocesses, each with its own data dir) and this process read each other's signed
+    checkpoints: one key for all, through the environment."""
+    monkeypatch.setenv("FRAUD_SIGNING_KEY", "crash-test-signing-key-" + "0" * 32)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,9 @@ def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: i
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, f"not killed: rc={out.returncode} {out.stderr[-2000:]}"
     def head(d: Path) -> dict:
-        return pickle.loads((d / "streaming" / "river" / "latest.pkl").read_bytes())
+        from streaming.checkpoint import read_head
+
+        return read_head(d / "streaming" / "river" / "latest.pkl")
 
     left, end = head(data_dir), head(ref_dir)  # ref_dir: the uninterrupted run, already finished
     assert left["seq"] >= 2, "kill after checkpoint 2"

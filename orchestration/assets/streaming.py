@@ -22,18 +22,20 @@ SNAPSHOT_CRON = "0 1 * * *"
 )
 def river_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     import math
-    import pickle
     import time
 
-    from streaming.checkpoint import river_dir
+    from streaming.checkpoint import HEAD, CheckpointRefused, read_head, river_dir
 
     directory = river_dir(get_settings())
-    head = directory / "latest.pkl"
-    if not head.exists():
+    head = directory / HEAD
+    try:
+        ckpt = read_head(head)  # verified (signed by the worker) before it is unpickled
+    except CheckpointRefused as e:
+        # A planted or modified checkpoint: not run, not copied into the snapshots.
+        raise dg.Failure(description=f"River checkpoint refused, no snapshot taken: {e}") from None
+    if ckpt is None:
         context.log.warning(f"No River checkpoint at {head} yet: run `fraud worker` first")
         return dg.MaterializeResult(metadata={"status": "no checkpoint yet", "path": str(head)})
-    with open(head, "rb") as f:
-        ckpt = pickle.load(f)
     model = ckpt["model"]
     stamp = time.strftime("%Y%m%dT%H%M%S")
     snap_dir = directory.parent / "snapshots"
