@@ -16,9 +16,12 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
     from streaming.sources import load_transactions
 
     settings = get_settings()
-    if from_warehouse:
-        return load_transactions(warehouse=settings.warehouse, start=start, end=end)
-    return load_transactions(path=Path(path) if path else resolve_source(settings), start=start, end=end)
+    try:
+        if from_warehouse:
+            return load_transactions(warehouse=settings.warehouse, start=start, end=end)
+        return load_transactions(path=Path(path) if path else resolve_source(settings), start=start, end=end)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:  # a busy warehouse, a bad --start/--end
+        raise click.ClickException(str(e)) from e
 
 
 @click.command("worker")
