@@ -109,6 +109,7 @@ def test_file_name_never_reaches_sql(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)  # where the injected COPY would write its relative file
     marker = tmp_path / "pwned.csv"
     quoted = _csv(tmp_path / "o'brien.csv", GOOD[:2])
+    _csv(tmp_path / "x.csv", GOOD[:2])  # so that, pasted into SQL, the statement before the COPY succeeds
     evil = _csv(tmp_path / "x.csv', all_varchar=true); copy (select 42) to 'pwned.csv'; --.csv", GOOD[:2])
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
         assert land(con, quoted, "2018-04-01", "2018-04-02").landed == 2
