@@ -31,7 +31,8 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
               help="Online store (default FRAUD_ONLINE_STORE, else memory).")
 @click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Replay this CSV/Parquet file (default: the configured source).")
-@click.option("--from-warehouse", is_flag=True, help="Replay raw.transactions (read-only).")
+@click.option("--from-warehouse", is_flag=True,
+              help="Replay the warehouse's transactions (the last features build's snapshot).")
 @click.option("--start", default=None, help="Replay transactions from this date (ISO).")
 @click.option("--end", default=None, help="Replay transactions before this date (ISO).")
 @click.option("--speedup", type=float, default=None, help="Replay: event time runs N times wall time.")
@@ -99,7 +100,8 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
 @click.command("publish")
 @click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV/Parquet file to publish (default: the configured source, e.g. the simulation).")
-@click.option("--from-warehouse", is_flag=True, help="Publish raw.transactions from the warehouse.")
+@click.option("--from-warehouse", is_flag=True,
+              help="Publish the warehouse's transactions (the last features build's snapshot).")
 @click.option("--start", default=None, help="From this date (ISO).")
 @click.option("--end", default=None, help="Before this date (ISO).")
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")
