@@ -28,9 +28,12 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
     from streaming.sources import load_transactions
 
     settings = get_settings()
-    if from_warehouse:
-        return load_transactions(warehouse=settings.warehouse, start=start, end=end)
-    return load_transactions(path=Path(path) if path else resolve_source(settings), start=start, end=end)
+    try:
+        if from_warehouse:
+            return load_transactions(warehouse=settings.warehouse, start=start, end=end)
+        return load_transactions(path=Path(path) if path else resolve_source(settings), start=start, end=end)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:  # a busy warehouse, a bad --start/--end
+        raise click.ClickException(str(e)) from e
 
 
 @click.command("worker")
@@ -40,7 +43,8 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
               help="Online store (default FRAUD_ONLINE_STORE, else memory).")
 @click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Replay this CSV/Parquet file (default: the configured source).")
-@click.option("--from-warehouse", is_flag=True, help="Replay raw.transactions (read-only).")
+@click.option("--from-warehouse", is_flag=True,
+              help="Replay the warehouse's transactions (the last features build's snapshot).")
 @click.option("--start", default=None, callback=_iso_date, help="Replay transactions from this date (ISO).")
 @click.option("--end", default=None, callback=_iso_date, help="Replay transactions before this date (ISO).")
 @click.option("--speedup", type=float, default=None, help="Replay: event time runs N times wall time.")
@@ -116,7 +120,8 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
 @click.command("publish")
 @click.option("--path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV/Parquet file to publish (default: the configured source, e.g. the simulation).")
-@click.option("--from-warehouse", is_flag=True, help="Publish raw.transactions from the warehouse.")
+@click.option("--from-warehouse", is_flag=True,
+              help="Publish the warehouse's transactions (the last features build's snapshot).")
 @click.option("--start", default=None, callback=_iso_date, help="From this date (ISO).")
 @click.option("--end", default=None, callback=_iso_date, help="Before this date (ISO).")
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers (default FRAUD_KAFKA_BOOTSTRAP).")

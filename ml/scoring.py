@@ -1,7 +1,8 @@
 """Batch scoring: every transaction of a date range, scored by the champion on the offline (dbt) features.
 
-Reads the warehouse read-only (the warehouse holds whichever source the pipeline ingested: simulator or a
-user's file) and streams it in Arrow batches, so the range can be larger than memory.
+Reads the feature mart's Parquet snapshot (``ml.warehouse``; the warehouse read-only only when there is no
+snapshot yet), so scoring neither blocks nor is blocked by a dbt build. The rows are whichever source the
+pipeline ingested (simulator or a user's file), streamed in Arrow batches: the range can exceed memory.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ml.settings import get_settings
 from ml.training.training_set import FEATURES_TABLE
+from ml.warehouse import features_connection, has_snapshot
 
 OUT_SCHEMA = pa.schema([("transaction_id", pa.string()), ("score", pa.float64()), ("model", pa.string())])
 
@@ -45,11 +46,10 @@ def score_range(start: date, end: date, out: Path, model_tag: str | None = None,
     booster = registry.load_booster(model)
     names = list(model.info.metadata["feature_names"])
     warehouse = Path(warehouse or get_settings().warehouse)
-    if not warehouse.exists():
+    if not warehouse.exists() and not has_snapshot(warehouse):
         raise FileNotFoundError(f"warehouse {warehouse} not found: run ingest and features first")
     t0 = time.perf_counter()
-    con = duckdb.connect(str(warehouse), read_only=True)
-    try:
+    with features_connection(warehouse) as con:
         cols = {r[0] for r in con.execute(f"describe {FEATURES_TABLE}").fetchall()}
         missing = [n for n in names if n not in cols]
         if missing:
@@ -73,6 +73,4 @@ def score_range(start: date, end: date, out: Path, model_tag: str | None = None,
                     "score": scores, "model": pa.array([tag] * len(scores), pa.string()),
                 }, schema=OUT_SCHEMA))
                 rows += len(scores)
-    finally:
-        con.close()
     return ScoreStats(rows, str(model.tag), time.perf_counter() - t0, out)

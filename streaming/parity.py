@@ -1,8 +1,9 @@
 """Parity: replay the warehouse's transactions and labels through the online path and compare every
 feature of every replayed transaction with dbt's ``main.fct_transaction_features`` row.
 
-This is the proof of no training/serving skew: any difference is a failure. The warehouse is opened
-read-only. Labels are emitted at their ``label_time`` (before transactions at the same instant); a label
+This is the proof of no training/serving skew: any difference is a failure. Both sides are read from the
+feature snapshot (``ml.warehouse``; the warehouse read-only where there is none). Labels are emitted at
+their ``label_time`` (before transactions at the same instant); a label
 whose transaction has the same time is emitted right after it (it cannot change any feature at that
 instant, since the delayed windows end ``RISK_DELAY`` earlier). To keep a check fast on large data, only the
 last ``days`` days are compared; the state is warmed up from ``max_lookback`` before them (written, not read).
@@ -22,6 +23,7 @@ import duckdb
 
 from ml.features.online import WINDOW_ENTITIES, TxEvent, compute_features, to_us
 from ml.features.spec import FEATURE_NAMES
+from ml.warehouse import features_connection
 from streaming.online_features import OnlineFeatures
 from streaming.online_store import Label, OnlineStore
 
@@ -62,7 +64,7 @@ def _load(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetim
     sql = ("select cast(transaction_id as varchar), cast(tx_datetime as timestamp),"
            " cast(customer_id as varchar), cast(terminal_id as varchar), cast(tx_amount as double),"
            " cast(tx_fraud as integer),"
-           " cast(label_time as timestamp) from raw.transactions"
+           " cast(label_time as timestamp) from main.fct_transaction_features"
            + (" where " + " and ".join(where) if where else ""))
     return con.execute(sql, params).fetchall()
 
@@ -93,8 +95,11 @@ def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None 
     assert set(WINDOW_ENTITIES) == {"customer_id", "terminal_id"}, "parity replay reads these entity columns"
     t0 = time.perf_counter()
     report = ParityReport(backend=backend or type(store).__name__)
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        lo, hi = con.execute("select min(tx_datetime), max(tx_datetime) from raw.transactions").fetchone()
+    # The feature snapshot (or the warehouse read-only when there is none): both sides of the comparison
+    # come from one feature build, and a dbt build can run meanwhile.
+    with features_connection(warehouse) as con:
+        lo, hi = con.execute(
+            "select min(tx_datetime), max(tx_datetime) from main.fct_transaction_features").fetchone()
         if lo is None:
             return report
         start = lo if days is None else max(lo, hi - timedelta(days=days))

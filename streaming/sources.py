@@ -16,12 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ml.contract import MAX_ID_LEN, limits
+from ml.contract import MAX_ID_LEN, limits, to_utc_naive
 from streaming.events import TOPIC_LABELS, TOPIC_TRANSACTIONS
 
 REPLAY_PARTITION = "replay:0"
@@ -66,30 +67,47 @@ class EventSource(ABC):
 
 # ---------------------------------------------------------------------------------------------- replay
 
+def _bound(value: str | None, option: str) -> datetime | None:
+    """An ISO date/time option as naive UTC (an offset is converted); a clear error when it is not one."""
+    if not value:
+        return None
+    try:
+        return to_utc_naive(datetime.fromisoformat(value))
+    except ValueError:
+        raise ValueError(f"{option} must be an ISO date or date-time (e.g. 2018-09-01)") from None
+
+
 def load_transactions(path: Path | None = None, warehouse: Path | None = None,
                       start: str | None = None, end: str | None = None) -> pd.DataFrame:
-    """Transactions (with tx_fraud, label_time when known) from a file or the warehouse (read-only)."""
-    if warehouse is not None:
-        import duckdb
+    """Transactions (with tx_fraud, label_time when known) from a file or the warehouse.
 
-        where = []
-        if start:
-            where.append(f"tx_datetime >= TIMESTAMP '{start}'")
-        if end:
-            where.append(f"tx_datetime < TIMESTAMP '{end}'")
+    The warehouse is read through the features snapshot (``ml.warehouse``): the transactions of the last
+    feature build, without holding the warehouse (a dbt build may run meanwhile)."""
+    lo, hi = _bound(start, "--start"), _bound(end, "--end")
+    if warehouse is not None:
+        from ml.warehouse import features_connection
+
+        where, params = [], []
+        if lo is not None:
+            where.append("tx_datetime >= ?")
+            params.append(lo)
+        if hi is not None:
+            where.append("tx_datetime < ?")
+            params.append(hi)
         sql = ("select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud, "
-               "label_time from raw.transactions" + (" where " + " and ".join(where) if where else ""))
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            df = con.sql(sql).df()
+               "label_time from main.fct_transaction_features"
+               + (" where " + " and ".join(where) if where else ""))
+        with features_connection(warehouse) as con:
+            df = con.execute(sql, params).df()
     else:
         if path is None:
             raise ValueError("replay needs a file path or a warehouse")
         path = Path(path)
         df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
-        if start:
-            df = df[pd.to_datetime(df["tx_datetime"]) >= pd.Timestamp(start)]
-        if end:
-            df = df[pd.to_datetime(df["tx_datetime"]) < pd.Timestamp(end)]
+        if lo is not None:
+            df = df[pd.to_datetime(df["tx_datetime"]) >= pd.Timestamp(lo)]
+        if hi is not None:
+            df = df[pd.to_datetime(df["tx_datetime"]) < pd.Timestamp(hi)]
     return df.reset_index(drop=True)
 
 

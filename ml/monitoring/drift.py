@@ -79,14 +79,17 @@ def load_features(
 
     Sampling is deterministic (hash of the transaction id), so the same window gives the same reference.
     """
-    cols = ", ".join(f'"{c}"' for c in ("transaction_id", "tx_datetime", TARGET, "label_time", *columns))
+    # Column names come from a model's metadata: quoted as identifiers (a '"' doubled), never as SQL.
+    cols = ", ".join('"' + c.replace('"', '""') + '"'
+                     for c in ("transaction_id", "tx_datetime", TARGET, "label_time", *columns))
     where = "tx_datetime >= ? AND tx_datetime < ?"
     params: list[Any] = [pd.Timestamp(start).to_pydatetime(), pd.Timestamp(end).to_pydatetime()]
     order = "ORDER BY tx_datetime, transaction_id"
     if sample:
         n = con.execute(f"SELECT count(*) FROM {FEATURES_TABLE} WHERE {where}", params).fetchone()[0]
         if n > sample:
-            order = f"ORDER BY hash(transaction_id || '{seed}') LIMIT {int(sample)}"
+            order = "ORDER BY hash(transaction_id || ?) LIMIT ?"
+            params += [str(seed), int(sample)]
     return con.execute(f"SELECT {cols} FROM {FEATURES_TABLE} WHERE {where} {order}", params).df()
 
 

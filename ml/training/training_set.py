@@ -182,24 +182,24 @@ def write_parquet(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cf
     w = windows_for(day, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.parquet")
-    con.execute(
-        f"""copy (
-            select case when tx_datetime < ? then 'train' else 'valid' end as split, *
+    # The relation API takes the file name as a value: no path is ever part of the SQL text.
+    con.sql(
+        f"""select case when tx_datetime < ? then 'train' else 'valid' end as split, *
             from {FEATURES_TABLE}
             where tx_datetime >= ? and tx_datetime < ? and tx_fraud is not null and label_time <= ?
-            order by tx_datetime, transaction_id
-        ) to '{tmp}' (format parquet)""",
-        [w.valid[0], w.train[0], w.valid[1], w.day],
-    )
+            order by tx_datetime, transaction_id""",
+        params=[w.valid[0], w.train[0], w.valid[1], w.day],
+    ).write_parquet(str(tmp))
     tmp.replace(path)
 
 
 def read_parquet(path: Path, day: str | date | datetime, cfg: WindowConfig) -> TrainingData:
     """The TrainingData of a file written by ``write_parquet`` (same rows as ``build``)."""
-    con = duckdb.connect()
-    rel = f"read_parquet('{path}')"
-    w = windows_for(day, cfg)
-    return TrainingData(w, load_frame(con, *w.train, relation=rel), load_frame(con, *w.valid, relation=rel))
+    with duckdb.connect() as con:
+        con.read_parquet(str(path)).create_view("training_rows")
+        w = windows_for(day, cfg)
+        return TrainingData(w, load_frame(con, *w.train, relation="training_rows"),
+                            load_frame(con, *w.valid, relation="training_rows"))
 
 
 # The book removes the cards of frauds seen since its training start: 7 training days + 7 delay days before

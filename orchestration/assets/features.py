@@ -1,13 +1,18 @@
 """Features stage: the dbt project (staging -> intermediate -> marts) rendered from the feature spec.
 dbt tests become Dagster asset checks on these assets (dagster-dbt's default).
+
+After a successful build the feature mart is exported as a per-day Parquet snapshot (``ml.warehouse``):
+batch readers scan it instead of opening the warehouse, so they never block a build nor die on its lock.
 """
 
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
+from dagster_duckdb import DuckDBResource
 
 from orchestration.resources import DBT_PROJECT
 
@@ -17,12 +22,21 @@ class FeatureTranslator(DagsterDbtTranslator):
         return "features"
 
 
+FEATURES_TABLE_KEY = dg.AssetKey(["fct_transaction_features"])
+
+
 @dbt_assets(manifest=DBT_PROJECT.manifest_path, dagster_dbt_translator=FeatureTranslator())
-def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
+def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
+                   duckdb: DuckDBResource) -> Iterator[Any]:
+    from ml.warehouse import export_features
+
     # Full rebuild: window features need history, and the 183-day build takes seconds.
     yield from dbt.cli(["build"], context=context).stream()
+    # Reached only when the build (models and tests) succeeded: a failed build keeps the last snapshot.
+    if FEATURES_TABLE_KEY in context.selected_asset_keys:
+        with duckdb.get_connection() as con:
+            out = export_features(con, Path(duckdb.database))
+        context.log.info(f"Feature snapshot for readers: {out}")
 
-
-FEATURES_TABLE_KEY = dg.AssetKey(["fct_transaction_features"])
 
 defs = dg.Definitions(assets=[feature_models])

@@ -3,6 +3,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ml.contract import to_utc_naive
 from ml.ingest import land
 from ml.settings import get_settings
 from ml.sources import resolve_source
@@ -42,17 +43,19 @@ def raw_transactions(
     path = resolve_source(settings)
     context.log.info(f"Landing {path} for [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d})")
     with duckdb.get_connection() as con:
-        stats = land(
-            con, path, f"{window.start:%Y-%m-%d}", f"{window.end:%Y-%m-%d}", settings.label_delay_days
-        )
+        # The run's whole range (one run for a multi-day backfill): rows outside it are quarantined.
+        stats = land(con, path, to_utc_naive(window.start), to_utc_naive(window.end),
+                     settings.label_delay_days)
     if stats.quarantined_total:
         context.log.warning(f"Quarantined {stats.quarantined_total} row(s): {stats.quarantined}")
     return dg.MaterializeResult(
         metadata={
             "source": str(path),
+            "rows_in": stats.rows_in,
+            "landed": stats.landed,
+            "quarantined": stats.quarantined_total,
             "rows": stats.rows,
             "frauds": stats.frauds,
-            "quarantined": stats.quarantined_total,
             "quarantine_reasons": dg.MetadataValue.json(stats.quarantined),
             "days": len(context.partition_keys),
         }

@@ -17,6 +17,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ml.settings import get_settings
+from ml.warehouse import features_connection
 from orchestration.assets.features import FEATURES_TABLE_KEY
 from orchestration.resources import daily_partitions
 
@@ -84,7 +85,7 @@ def feature_drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBResour
     from ml.monitoring.thresholds import DriftThresholds
 
     settings, t, day = get_settings(), DriftThresholds.from_env(), context.partition_key
-    with duckdb.get_connection() as con:
+    with features_connection(duckdb.database) as con:
         champ, ref = _champion_and_reference(con, t)
         rep = drift_day(con, champ, ref, day, t, settings, read_stream_events(settings, day))
     fsig, _, ssig = rep.signals
@@ -128,7 +129,7 @@ def prediction_drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBRes
     from ml.monitoring.thresholds import DriftThresholds
 
     settings, t, day = get_settings(), DriftThresholds.from_env(), context.partition_key
-    with duckdb.get_connection() as con:
+    with features_connection(duckdb.database) as con:
         champ, ref = _champion_and_reference(con, t)
         cur = load_features(con, *day_bounds(day), champ.feature_names)
     scores = champ.predict(cur) if len(cur) else None
@@ -174,7 +175,7 @@ def classification_quality_report(context: dg.AssetExecutionContext, duckdb: Duc
         champ = current_champion()
     except LookupError as e:
         raise dg.Failure(str(e)) from None
-    with duckdb.get_connection() as con:
+    with features_connection(duckdb.database) as con:
         q, sig, path = quality_day(con, champ, day, t, settings=settings)
     if q is None:
         raise dg.Failure(

@@ -20,6 +20,7 @@ from dagster_duckdb import DuckDBResource
 
 from ml.settings import get_settings
 from ml.training.train import XGBParams
+from ml.warehouse import features_connection
 from orchestration.assets.features import FEATURES_TABLE_KEY
 from orchestration.resources import daily_partitions
 
@@ -87,7 +88,7 @@ def training_set(context: dg.AssetExecutionContext, config: WindowsConfig,
     day = context.partition_key
     cfg = WindowConfig(config.train_days, config.valid_days, config.test_days)
     path = _set_dir(day) / "rows.parquet"
-    with duckdb.get_connection() as con:
+    with features_connection(duckdb.database) as con:
         write_parquet(con, day, cfg, path)
     data = read_parquet(path, day, cfg)
     for name, fr in (("training", data.train), ("validation", data.valid)):
@@ -209,7 +210,7 @@ def model_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig
     model = _model_of(context, day)
     md = model.info.metadata
     test_start, test_end = as_datetime(md["test_start"]), as_datetime(md["test_end"])
-    with duckdb.get_connection() as con:
+    with features_connection(duckdb.database) as con:
         _check_complete(con, test_end, float(md["delay_days"]))
         metrics, scores, window = _evaluate(con, model, test_start, test_end, config.top_k)
     s = metrics.summary()
@@ -279,7 +280,7 @@ def champion_gate(context: dg.AssetExecutionContext, config: GateConfig,
         champion_tag = str(current.tag)
         md = current.info.metadata
         try:  # any champion with feature names is compared on the same window, gated or not (e.g. a stand-in)
-            with duckdb.get_connection() as con:
+            with features_connection(duckdb.database) as con:
                 cm, _, _ = _evaluate(con, current, as_datetime(record["test_start"]),
                                      as_datetime(record["test_end"]), int(record["top_k"]))
             champion_metrics = cm.summary()

@@ -1,0 +1,125 @@
+"""Reading the warehouse without holding it: the feature mart's Parquet snapshot, else a patient read-only.
+
+DuckDB lets one process write a database file, and a reader in another process holds a lock too: a reader
+open during a dbt build fails the build, and a reader that starts during one dies on the lock. So the
+features asset exports ``main.fct_transaction_features`` after every successful build to a snapshot next
+to the warehouse (``<data_dir>/features/day=YYYY-MM-DD/*.parquet``), and batch readers (``fraud score``,
+``fraud worker --from-warehouse``, training sets, the parity replay) scan that snapshot from an in-memory
+DuckDB connection. Only where no snapshot exists yet do they open the warehouse read-only, retrying while a
+writer holds it (``FRAUD_WAREHOUSE_WAIT_S``, default 10 s) and then failing with ``WarehouseBusy``.
+
+The snapshot is replaced atomically: each export writes a new generation directory and then swaps the
+``features`` symlink to it (``os.replace``), so a reader sees a whole generation or the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+FEATURES_VIEW = "fct_transaction_features"  # same name as the mart, so the readers' SQL serves both
+_GENERATIONS = ".features-generations"
+_KEEP = 2  # the current generation and the one before it (a reader may still be scanning it)
+
+
+class WarehouseBusy(RuntimeError):
+    """The warehouse stayed locked by a writer (dbt build, ingest) for the whole wait."""
+
+
+def snapshot_dir(warehouse: Path | str) -> Path:
+    """Where the feature snapshot of ``warehouse`` lives: ``features`` beside it (data/features)."""
+    return Path(warehouse).parent / "features"
+
+
+def has_snapshot(warehouse: Path | str) -> bool:
+    root = snapshot_dir(warehouse)
+    return root.exists() and any(root.glob("day=*"))
+
+
+def export_features(con: duckdb.DuckDBPyConnection, warehouse: Path | str,
+                    table: str = "main.fct_transaction_features") -> Path:
+    """Write ``table`` as per-day Parquet (hive ``day=``) and make it the snapshot; returns its directory.
+
+    ``table`` is a code constant (an identifier), never user input."""
+    link = snapshot_dir(warehouse)
+    gens = link.parent / _GENERATIONS
+    gens.mkdir(parents=True, exist_ok=True)
+    gen = gens / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    staging = gens / f".tmp-{gen.name}"
+    con.execute("set enable_progress_bar = false")
+    rel = con.sql(f"select *, cast(tx_datetime as date) as day from {table}")
+    rel.write_parquet(str(staging), partition_by=["day"])
+    staging.rename(gen)  # complete before it can be pointed at
+    if link.exists() and not link.is_symlink():  # a directory from elsewhere: keep it, out of the way
+        link.rename(link.with_name(f"features.old-{gen.name}"))
+    tmp_link = link.with_name(f".features-link-{gen.name}")
+    tmp_link.symlink_to(gen.relative_to(link.parent), target_is_directory=True)
+    os.replace(tmp_link, link)
+    for old in sorted(p for p in gens.iterdir() if not p.name.startswith("."))[:-_KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in gens.glob(".tmp-*"):  # an export that died half-way
+        if stale != staging:
+            shutil.rmtree(stale, ignore_errors=True)
+    return gen
+
+
+def snapshot_connection(warehouse: Path | str) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection whose ``fct_transaction_features`` view scans the snapshot (one generation)."""
+    root = snapshot_dir(warehouse).resolve()  # pin the generation: a later swap does not change this scan
+    con = duckdb.connect()
+    try:
+        rel = con.read_parquet(str(root / "day=*" / "*.parquet"), hive_partitioning=True)
+        rel.create_view(FEATURES_VIEW)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _locked(e: duckdb.Error) -> bool:
+    text = str(e).lower()
+    return "lock" in text or "being used by another process" in text
+
+
+def connect_read_only(warehouse: Path | str, wait_s: float | None = None) -> duckdb.DuckDBPyConnection:
+    """The warehouse read-only, retrying while a writer holds it; ``WarehouseBusy`` after ``wait_s``."""
+    path = Path(warehouse)
+    if not path.exists():
+        raise FileNotFoundError(f"warehouse {path} not found: run ingest and features first")
+    if wait_s is None:
+        wait_s = float(os.environ.get("FRAUD_WAREHOUSE_WAIT_S") or 10)
+    deadline = time.monotonic() + wait_s
+    pause = 0.1
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as e:
+            if not _locked(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(
+                    f"warehouse {path} is locked by a writer (a dbt build or an ingest run) and stayed "
+                    f"locked for {wait_s:g}s; retry when it has finished, or materialize the features "
+                    "(Dagster group 'features') once so that readers use its Parquet snapshot"
+                ) from None
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 1.0)
+
+
+@contextmanager
+def features_connection(warehouse: Path | str, wait_s: float | None = None
+                        ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection on which ``main.fct_transaction_features`` is readable: the snapshot when there is
+    one (the warehouse is not touched), else the warehouse read-only (see ``connect_read_only``)."""
+    con = snapshot_connection(warehouse) if has_snapshot(warehouse) else connect_read_only(warehouse, wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
