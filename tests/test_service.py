@@ -28,6 +28,9 @@ from bento.schemas import MAX_BATCH  # noqa: E402
 
 TX = {"transaction_id": "t-1", "tx_datetime": "2018-09-30T12:00:00Z", "customer_id": 7,
       "terminal_id": "T-9", "tx_amount": 42.5}
+API_TOKEN, ADMIN_TOKEN = "test-api-token-0123456789abcdef", "test-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _free_port() -> int:
@@ -44,18 +47,23 @@ def champion() -> str:
 _APP = []
 
 
-def _client(monkeypatch, **env: str):
-    """A client on the service's ASGI app; the service instance (built at startup) reads ``env``."""
+def _client(monkeypatch, client: tuple[str, int] = ("203.0.113.7", 50000), headers: dict | None = None,
+            **env: str):
+    """A client on the service's ASGI app; the service instance (built at startup) reads ``env``. By default
+    both tokens are set and the client, a non-loopback address, sends the scoring token."""
     from starlette.testclient import TestClient
 
     from bento.service import FraudScorer
 
-    monkeypatch.setenv("FRAUD_MODEL_POLL_S", "0")
+    env = {"FRAUD_MODEL_POLL_S": "0", "FRAUD_API_TOKEN": API_TOKEN, "FRAUD_ADMIN_TOKEN": ADMIN_TOKEN, **env}
     for k, v in env.items():
-        monkeypatch.setenv(k, v)
+        if v:
+            monkeypatch.setenv(k, v)
+        else:
+            monkeypatch.delenv(k, raising=False)
     if not _APP:  # one app per process: BentoML registers its Prometheus metrics once
         _APP.append(FraudScorer.to_asgi())
-    return TestClient(_APP[0])
+    return TestClient(_APP[0], client=client, headers=AUTH if headers is None else headers)
 
 
 @pytest.fixture
@@ -147,7 +155,7 @@ def test_batch(client) -> None:
 
 def test_batch_limits(client) -> None:
     r = client.post("/score_batch", json={"transactions": [TX] * (MAX_BATCH + 1)})
-    assert r.status_code == 400 and "maximum" in r.text
+    assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["transactions"], r.text
     assert client.post("/score_batch", json={"transactions": []}).status_code == 400
     r = client.post("/score_batch", json={"transactions": [TX, {**TX, "tx_amount": -5}]})
     assert r.status_code == 400 and "tx_amount" in r.text
@@ -192,7 +200,7 @@ def test_columns_bad_input_is_400_with_reason(client, change, field) -> None:
 def test_hot_reload(client) -> None:
     before = client.post("/score", json=TX).json()["model_tag"]
     new_tag = save_standin_champion(n_trees=10, seed=1)
-    r = client.post("/reload")
+    r = client.post("/reload", headers=ADMIN)
     assert r.status_code == 200 and r.json() == {"reloaded": True, "model_tag": new_tag, "error": None}
     after = client.post("/score", json={**TX, "transaction_id": "t-2"}).json()["model_tag"]
     assert (before, after) != (after, after) and after == new_tag
@@ -239,7 +247,7 @@ def test_river_opinion_when_a_checkpoint_exists(client) -> None:
     river_dir = get_settings().data_dir / "streaming" / "river"
     save(river_dir, Checkpoint(model=model, position={}))
     try:
-        assert client.post("/reload").status_code == 200  # also re-reads the River checkpoint
+        assert client.post("/reload", headers=ADMIN).status_code == 200  # also re-reads the River checkpoint
         r = client.post("/score", json={**TX, "transaction_id": "river-1"})
         assert r.status_code == 200, r.text
         p = r.json()["online_model_probability"]
@@ -247,7 +255,7 @@ def test_river_opinion_when_a_checkpoint_exists(client) -> None:
     finally:
         for f in river_dir.glob("*.pkl"):
             f.unlink()
-        client.post("/reload")
+        client.post("/reload", headers=ADMIN)
     after = client.post("/score", json={**TX, "transaction_id": "river-2"}).json()
     assert after["online_model_probability"] is None
 
@@ -314,22 +322,25 @@ def test_redis_down_fail_open(monkeypatch, private_redis) -> None:
 
 
 @contextmanager
-def _served(tmp_path: Path, **env: str):
-    """A `bentoml serve` process from the repo root (its base URL once /readyz is 200), stopped after."""
+def _served(tmp_path: Path, args: tuple[str, ...] = (), scheme: str = "http", verify: object = True,
+            **env: str):
+    """A `bentoml serve` process from the repo root (its base URL once /readyz is 200), stopped after; both
+    tokens set (``AUTH``, ``ADMIN``)."""
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory", **env}
+    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory",
+           "FRAUD_API_TOKEN": API_TOKEN, "FRAUD_ADMIN_TOKEN": ADMIN_TOKEN, **env}
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
     log = tmp_path / f"serve-{port}.log"
-    proc = subprocess.Popen([bentoml, "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.Popen([bentoml, "serve", "--port", str(port), *args], cwd=PROJECT_ROOT, env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{base}/readyz", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -349,7 +360,8 @@ def test_bentoml_serve_process(tmp_path) -> None:
     import httpx
 
     with _served(tmp_path) as (base, log):
-        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10)
+        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10,
+                       headers=AUTH)
         assert r.status_code == 200 and len(r.json()["reasons"]) == 3, log.read_text()[-3000:]
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
@@ -371,7 +383,7 @@ def test_reload_reaches_every_worker(tmp_path) -> None:
                 tags = set()
                 for _ in range(n):  # a new client each: a new connection, accepted by either worker
                     tx = {**TX, "transaction_id": uuid.uuid4().hex}
-                    r = httpx.post(f"{base}/score", json=tx, timeout=10)
+                    r = httpx.post(f"{base}/score", json=tx, timeout=10, headers=AUTH)
                     assert r.status_code == 200, log.read_text()[-3000:]
                     tags.add(r.json()["model_tag"])
                 return tags
@@ -379,7 +391,7 @@ def test_reload_reaches_every_worker(tmp_path) -> None:
             old = served_tags(4)
             new_tag = save_standin_champion(n_trees=12, seed=2)
             assert new_tag not in old
-            assert httpx.post(f"{base}/reload", timeout=30).json()["model_tag"] == new_tag
+            assert httpx.post(f"{base}/reload", timeout=30, headers=ADMIN).json()["model_tag"] == new_tag
             # The other worker's poller checks the reload signal every second, then loads the model (its
             # warm-up included): on a busy 2-core machine that took over 2.5 s now and then.
             deadline = time.monotonic() + 15
