@@ -418,8 +418,6 @@ def openapi_truth(spec: dict, models: dict[str, tuple[Any, Any]] | None = None) 
             op["security"] = [{"bearerAuth": []}]
             responses = op["responses"]
             for code, text in _ERRORS.items():
-                if code == "400" and path in ADMIN_PATHS:
-                    continue
                 responses[code] = {"description": text, "content": {"application/json": {"schema": ref}}}
             responses.pop("500", None)
             responses["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
@@ -435,15 +433,13 @@ def _model_schema(model: Any, schemas: dict) -> dict:
 
 
 def _nullable(node: Any) -> Any:
-    """``anyOf: [X, {type: null}]`` (Pydantic's JSON Schema) as OpenAPI 3.0's ``X + nullable: true``."""
+    """``anyOf: [X, {type: null}]`` (Pydantic's JSON Schema) as OpenAPI 3.0's ``X + nullable: true``, and
+    ``examples: [x]`` as ``example: x``."""
     if isinstance(node, list):
         return [_nullable(x) for x in node]
     if not isinstance(node, dict):
         return node
-    node = {k: _nullable(v) for k, v in node.items()}
-    examples = node.get("examples")
-    if isinstance(examples, list) and examples and "example" not in node:  # OpenAPI 3.0: one example
-        node["example"] = node.pop("examples")[0]
+    node = dict(node)
     for key in ("anyOf", "oneOf"):
         options = node.get(key)
         if isinstance(options, list) and {"type": "null"} in options:
@@ -454,7 +450,8 @@ def _nullable(node: Any) -> Any:
             else:
                 node[key] = rest
             node["nullable"] = True
-    if node.get("type") == "null":
-        node.pop("type")
-        node["nullable"] = True
+    node = {k: _nullable(v) for k, v in node.items()}
+    examples = node.get("examples")
+    if isinstance(examples, list) and examples and "example" not in node:  # OpenAPI 3.0: one example
+        node["example"] = node.pop("examples")[0]
     return node
