@@ -367,6 +367,82 @@ def test_bentoml_serve_process(tmp_path) -> None:
         assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
         spec = httpx.get(f"{base}/docs.json", timeout=5).json()
         assert {"/score", "/score_batch", "/reload"} <= set(spec["paths"])
+        # A rejected request is logged as one line with its id and the fields, not the values.
+        card = "4111111111111111"
+        r = httpx.post(f"{base}/score", json={**TX, "customer_id": card + "\u2028"}, timeout=10,
+                       headers={**AUTH, "X-Request-ID": "srv-reject-1"})
+        assert r.status_code == 400
+        deadline = time.monotonic() + 5
+        while "srv-reject-1" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = log.read_text()
+        assert "srv-reject-1" in text and "customer_id" in text, text[-3000:]
+        assert card not in text and "Traceback" not in text, text[-3000:]
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made for the test (cryptography, else the openssl CLI)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        import ipaddress
+        from datetime import UTC, timedelta
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                        "-out", str(cert)], check=True, capture_output=True)
+        return cert, key
+    pkey = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(pkey.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                   .not_valid_after(now + timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(pkey, hashes.SHA256()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(pkey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return cert, key
+
+
+def test_bentoml_serve_over_tls_with_a_token(tmp_path) -> None:
+    """`bentoml serve --ssl-certfile/--ssl-keyfile`: HTTPS with a self-signed certificate, a client that
+    verifies it, the token required; plain HTTP is not answered."""
+    import ssl
+
+    import httpx
+
+    cert, key = _self_signed(tmp_path)
+    verify = ssl.create_default_context(cafile=str(cert))
+    with _served(tmp_path, args=("--ssl-certfile", str(cert), "--ssl-keyfile", str(key)), scheme="https",
+                 verify=verify) as (base, log):
+        tx = {**TX, "transaction_id": f"tls-{uuid.uuid4().hex}"}
+        r = httpx.post(f"{base}/score", json=tx, headers=AUTH, verify=verify, timeout=10)
+        assert r.status_code == 200, log.read_text()[-3000:]
+        r = httpx.post(f"{base}/score", json=tx, verify=verify, timeout=10)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(base.replace("https://", "http://") + "/score", json=tx, headers=AUTH, timeout=5)
+
+
+def test_serving_a_network_address_without_a_token_is_refused(tmp_path) -> None:
+    """`bentoml serve` on 0.0.0.0 without FRAUD_API_TOKEN stops at start with the reason."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FRAUD_API_TOKEN", "FRAUD_ADMIN_TOKEN")}
+    env.update(FRAUD_SERVE_HOST="0.0.0.0", FRAUD_MODEL_POLL_S="0", FRAUD_ONLINE_STORE="memory")
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    out = subprocess.run([bentoml, "serve", "--port", str(_free_port())], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "without FRAUD_API_TOKEN" in out.stdout + out.stderr
 
 
 def test_reload_reaches_every_worker(tmp_path) -> None:
