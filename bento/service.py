@@ -75,8 +75,9 @@ def _unavailable(exc: Exception) -> JSONResponse:
         return JSONResponse({"error": "online store unavailable (fail-closed policy)",
                              "detail": "the online store did not answer in time", "request_id": rid},
                             status_code=503)
-    return JSONResponse({"error": "no champion model loaded", "detail": str(exc), "request_id": rid},
-                        status_code=503)
+    log.warning("request %s: %s", rid, exc)
+    return JSONResponse({"error": "no champion model loaded", "detail": "the service is not ready",
+                         "request_id": rid}, status_code=503)
 
 
 @bentoml.service(
