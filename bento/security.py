@@ -349,8 +349,6 @@ def _rejected_fields(exc: BaseException) -> str | None:
         return f"invalid fields {', '.join(locs)} ({exc.error_count()} errors)"
     if isinstance(exc, BentoMLException) and int(exc.error_code) < 500:
         return f"{type(exc).__name__} ({int(exc.error_code)})"
-    if isinstance(exc, ValueError | UnicodeDecodeError):  # unparseable bodies
-        return f"{type(exc).__name__}"
     return None
 
 

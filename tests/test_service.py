@@ -363,6 +363,12 @@ def test_bentoml_serve_process(tmp_path) -> None:
         r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10,
                        headers=AUTH)
         assert r.status_code == 200 and len(r.json()["reasons"]) == 3, log.read_text()[-3000:]
+        port = int(base.rsplit(":", 1)[1])  # listening on loopback only (FRAUD_SERVE_HOST's default)
+        import psutil
+
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening == {"127.0.0.1"}, listening
         metrics = httpx.get(f"{base}/metrics", timeout=5).text  # open: no token
         assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
         spec = httpx.get(f"{base}/docs.json", timeout=5).json()
