@@ -39,6 +39,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -62,6 +63,10 @@ MAX_SECONDS, MAX_CONNECTIONS = 10, 16
 ROUNDS = 3
 MAX_ROUNDS = 5  # maximum-throughput rounds: a connection split's luck (see _connections_per_process)
 BATCH_SIZE, BATCH_REQUESTS = MAX_BATCH, 8  # bulk scoring at its documented maximum request
+# The service authenticates every scoring request (bento.security): the benchmark sends a bearer token to
+# both sides, and the bare endpoint checks it as the service does (one compare_digest), for a fair ratio.
+TOKEN = secrets.token_hex(24)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 N_CUSTOMERS, N_TERMINALS, WARM_TX = 500, 1000, 30_000
 START = datetime(2018, 10, 1)
 
@@ -70,6 +75,7 @@ WRK_LUA = """
 counter = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
 threads = {}
 function setup(thread)
   table.insert(threads, thread)
@@ -157,7 +163,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 18
         if proc.poll() is not None:
             raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, headers=AUTH).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -190,7 +196,8 @@ def _wrk(url: str, script_dir: Path, base_s: int, seconds: int, connections: int
     else:
         pacing = "function init(args) math.randomseed(id) end"
     script = script_dir / f"wrk-{base_s}.lua"
-    script.write_text(WRK_LUA % {"base": base_s, "nc": N_CUSTOMERS, "nt": N_TERMINALS, "pacing": pacing})
+    script.write_text(WRK_LUA % {"base": base_s, "nc": N_CUSTOMERS, "nt": N_TERMINALS, "pacing": pacing,
+                                 "token": TOKEN})
     threads = connections if rate > 0 else 1
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
     wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -229,7 +236,7 @@ def _post_batches(url: str, payloads: list[str], clients: int) -> float:
         # kernel gives a connection to whichever accepts it, so two kept-alive connections landed on one
         # worker half the time. One client per thread all the same: creating an httpx.Client builds an SSL
         # context, ~27 ms of the load generator's CPU, taken from the 2 cores the service runs on.
-        headers = {"content-type": "application/json", "connection": "close"}
+        headers = {"content-type": "application/json", "connection": "close", **AUTH}
         with httpx.Client(timeout=120) as client:
             for p in share:
                 client.post(url, content=p, headers=headers).raise_for_status()
@@ -252,7 +259,7 @@ def _run_pair(workers: int, booster_file: Path, tmp: Path, redis_url: str, laten
     port, bare_port = _free_port(), _free_port()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "FRAUD_ONLINE_STORE": "redis",
            "FRAUD_SERVE_WORKERS": str(workers), "FRAUD_REDIS_PREFIX": prefix, "FRAUD_MODEL_POLL_S": "0",
-           "BARE_BOOSTER": str(booster_file)}
+           "BARE_BOOSTER": str(booster_file), "FRAUD_API_TOKEN": TOKEN, "BARE_TOKEN": TOKEN}
     exe = Path(sys.executable).parent
     svc_log, bare_log = tmp / f"serve-{workers}.log", tmp / f"bare-{workers}.log"
     svc = subprocess.Popen([str(exe / "bentoml"), "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
@@ -272,7 +279,8 @@ def _run_pair(workers: int, booster_file: Path, tmp: Path, redis_url: str, laten
         warm = [_tx(i, START - timedelta(days=30) + i * step, rng) for i in range(WARM_TX)]
         with httpx.Client(timeout=120) as client:
             for i in range(0, WARM_TX, BATCH_SIZE):
-                r = client.post(f"{base}/score_batch", json={"transactions": warm[i:i + BATCH_SIZE]})
+                r = client.post(f"{base}/score_batch", json={"transactions": warm[i:i + BATCH_SIZE]},
+                                headers=AUTH)
                 r.raise_for_status()
         t_rate = _epoch_s(START)
         _wrk(url, tmp, t_rate, 3, MAX_CONNECTIONS)  # warm-up of the request path (not recorded)

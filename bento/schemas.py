@@ -1,8 +1,9 @@
 """Request and response models of the scoring API (the transaction contract, validated by Pydantic).
 
-Invalid input is rejected before any work with HTTP 400 and Pydantic's per-field reasons: missing fields,
-wrong types (a string amount, an object id), negative or non-finite amounts, unparseable times, empty ids or
-ids with control characters.
+The fields are ``ml.contract``'s types, the bounds every entry shares: ids of 1-64 printable characters,
+finite amounts in [0, FRAUD_MAX_AMOUNT], ISO-8601 times (an offset converted to UTC, a naive time taken as
+UTC; no bare numbers) from FRAUD_MIN_TX_TIME to now + FRAUD_MAX_TX_AHEAD_S. Invalid input is rejected before
+any work with HTTP 400 and Pydantic's per-field reasons (``loc`` and ``msg``, never the value).
 """
 
 from __future__ import annotations
@@ -13,67 +14,112 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from ml.contract import MAX_ID_LEN, Amount, ContractError, EntityId, Timestamp, check_identifier, limits
 from ml.features.batch import TxColumns
 from ml.features.online import EPOCH, ONE_US, WINDOW_ENTITIES, TxEvent
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENTITY_FIELDS = tuple(WINDOW_ENTITIES)
-MAX_BATCH = 10_000  # transactions per /score_batch request (larger requests get HTTP 400)
+MAX_BATCH = 10_000  # transactions per /score_batch or /score_columns request (larger requests get HTTP 400)
 
-Identifier = Annotated[StrictStr | StrictInt, Field(description="String or integer identifier.")]
-Amount = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False, description="Amount, >= 0.")]
+_EXAMPLE = {"transaction_id": "tx-000184211", "tx_datetime": "2024-05-14T09:26:31Z", "customer_id": "c-4711",
+            "terminal_id": "t-0815", "tx_amount": 57.35}
 
 
 class Transaction(BaseModel):
     """One card payment, as in the transaction contract. Extra fields (e.g. ``tx_fraud``) are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": _EXAMPLE})
 
-    transaction_id: Identifier
-    tx_datetime: datetime = Field(description="Transaction time; naive times are UTC.")
-    customer_id: Identifier
-    terminal_id: Identifier
+    transaction_id: EntityId
+    tx_datetime: Timestamp
+    customer_id: EntityId
+    terminal_id: EntityId
     tx_amount: Amount
-
-    @field_validator("transaction_id", "customer_id", "terminal_id")
-    @classmethod
-    def _non_empty(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            _check_identifier(v)
-        return v
 
     def as_event(self) -> TxEvent:
         """The normalised event the online features take (``ml.features.online.tx_event``, without a dict)."""
-        t = self.tx_datetime
-        if t.tzinfo is not None:
-            t = t.astimezone(UTC).replace(tzinfo=None)
-        entities = {e: str(getattr(self, e)) for e in _ENTITY_FIELDS}
-        return TxEvent(str(self.transaction_id), (t - EPOCH) // ONE_US, entities, float(self.tx_amount), t)
-
-
-def _check_identifier(v: str) -> None:
-    if not v.strip():
-        raise ValueError("must not be empty")
-    if _CONTROL.search(v):  # the online store uses them as separators
-        raise ValueError("must not contain control characters")
+        t = self.tx_datetime  # naive UTC (ml.contract.Timestamp)
+        entities = {e: getattr(self, e) for e in _ENTITY_FIELDS}
+        return TxEvent(self.transaction_id, (t - EPOCH) // ONE_US, entities, self.tx_amount, t)
 
 
 def _identifiers(values: list[Any]) -> list[str]:
     """A column of identifiers as strings, each checked as ``Transaction`` checks one (the first bad one
-    named by its position)."""
+    named by its position). The usual column (ASCII, short, no controls) is checked on the joined string
+    and the lengths in C; only a column that fails that, or has non-ASCII text, is checked item by item."""
     out = [v if type(v) is str else str(v) for v in values]
-    if _CONTROL.search("".join(out)) or not all(v.strip() for v in out):
-        for k, v in enumerate(out):
-            try:
-                _check_identifier(v)
-            except ValueError as exc:
-                raise ValueError(f"item {k}: {exc}") from None
+    joined = "".join(out)
+    if (joined.isascii() and not _CONTROL.search(joined) and max(map(len, out)) <= MAX_ID_LEN
+            and all(v.strip() for v in out)):
+        return out
+    for k, v in enumerate(values):
+        try:
+            check_identifier(v)
+        except ContractError as exc:
+            raise ValueError(f"item {k}: {exc}") from None
     return out
 
 
+class _Times(list):
+    """The checked time column, with its values in µs (UTC) computed once by the check."""
+
+    t_us: np.ndarray
+
+
+def _times(values: list[datetime]) -> _Times:
+    """A time column to naive UTC and checked against the contract's range in bulk (numpy on the µs)."""
+    if any(t.tzinfo is not None for t in values):
+        conv = []
+        for k, t in enumerate(values):
+            try:
+                conv.append(t if t.tzinfo is None else t.astimezone(UTC).replace(tzinfo=None))
+            except OverflowError:
+                raise ValueError(f"item {k}: out of range once converted to UTC") from None
+        values = conv
+    lim = limits()
+    # pandas converts datetimes in C: ~0.2 µs each, against ~3.7 through numpy's datetime64 and ~0.5 in
+    # Python arithmetic (measured on 5,000).
+    t_us = pd.DatetimeIndex(values).as_unit("us").asi8
+    low, high = ((t - EPOCH) // ONE_US for t in (lim.min_time, lim.max_time()))
+    bad = (t_us < low) | (t_us > high)
+    if bad.any():
+        k = int(np.argmax(bad))
+        why = (f"before {lim.min_time:%Y-%m-%d} (FRAUD_MIN_TX_TIME)" if t_us[k] < low
+               else "more than FRAUD_MAX_TX_AHEAD_S in the future")
+        raise ValueError(f"item {k}: {why}")
+    out = _Times(values)
+    out.t_us = t_us
+    return out
+
+
+def _amounts(values: list[float]) -> list[float]:
+    a = np.asarray(values, np.float64)
+    cap = limits().max_amount
+    if a.max() > cap:  # finite and >= 0 are the item type's checks (pydantic-core, in C)
+        raise ValueError(f"item {int(np.argmax(a > cap))}: must be <= {cap:g} (FRAUD_MAX_AMOUNT)")
+    return values
+
+
 Column = Field(min_length=1, max_length=MAX_BATCH)
+_ColumnId = Annotated[StrictStr | StrictInt, WithJsonSchema({"anyOf": [
+    {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}, {"type": "integer"}]})]
+# Column items are checked by pydantic-core in C and the columns in bulk by the validators below: a
+# Python validator per item would cost more than the scoring of a bulk request.
+_ColumnTime = Annotated[datetime, Strict()]  # strict: ISO-8601 strings only, no bare numbers
+_ColumnAmount = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 
 
 class TransactionColumns(BaseModel):
@@ -81,18 +127,29 @@ class TransactionColumns(BaseModel):
     length, at most ``MAX_BATCH``. Bulk scoring's format: a column parses and validates in one pass of
     pydantic-core, where a list of objects costs a model per transaction."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example":
+        {k: [v, v] if k != "transaction_id" else [v, "tx-000184212"] for k, v in _EXAMPLE.items()}})
 
-    transaction_id: Annotated[list[Identifier], Column]
-    tx_datetime: Annotated[list[datetime], Column]  # naive times are UTC
-    customer_id: Annotated[list[Identifier], Column]
-    terminal_id: Annotated[list[Identifier], Column]
-    tx_amount: Annotated[list[Amount], Column]
+    transaction_id: Annotated[list[_ColumnId], Column]
+    tx_datetime: Annotated[list[_ColumnTime], Column]
+    customer_id: Annotated[list[_ColumnId], Column]
+    terminal_id: Annotated[list[_ColumnId], Column]
+    tx_amount: Annotated[list[_ColumnAmount], Column]
 
     @field_validator("transaction_id", "customer_id", "terminal_id")
     @classmethod
     def _identifiers(cls, v: list[Any]) -> list[str]:
         return _identifiers(v)
+
+    @field_validator("tx_datetime")
+    @classmethod
+    def _times(cls, v: list[datetime]) -> list[datetime]:
+        return _times(v)
+
+    @field_validator("tx_amount")
+    @classmethod
+    def _amounts(cls, v: list[float]) -> list[float]:
+        return _amounts(v)
 
     @model_validator(mode="after")
     def _one_length(self) -> TransactionColumns:
@@ -104,30 +161,47 @@ class TransactionColumns(BaseModel):
     def as_columns(self) -> TxColumns:
         """The columns the online features take (``TxEvent`` fields as arrays; times in µs, UTC)."""
         times = self.tx_datetime
-        if any(t.tzinfo is not None for t in times):
-            times = [t if t.tzinfo is None else t.astimezone(UTC).replace(tzinfo=None) for t in times]
-        # pandas converts datetimes in C: ~0.2 µs each, against ~3.7 through numpy's datetime64 and ~0.5 in
-        # Python arithmetic (measured on 5,000).
-        t_us = pd.DatetimeIndex(times).as_unit("us").asi8
+        t_us = times.t_us if isinstance(times, _Times) else _times(times).t_us
         entities = {e: getattr(self, e) for e in _ENTITY_FIELDS}
         return TxColumns(self.transaction_id, t_us, np.array(self.tx_amount, np.float64), entities)
 
 
+class ErrorDetail(BaseModel):
+    """One rejected field: where (``loc``: the field, then the item's position in a list) and why."""
+
+    type: str = Field(examples=["value_error"])
+    loc: list[str | int] = Field(examples=[["tx_amount"]])
+    msg: str = Field(examples=["Value error, must be <= 1e+06 (FRAUD_MAX_AMOUNT)"])
+    url: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer: what went wrong and, for invalid input, the fields and reasons."""
+
+    error: str = Field(examples=["1 validation error for Input"])
+    detail: list[ErrorDetail] | str | None = Field(None, description="Per-field reasons (400) or the cause.")
+    request_id: str | None = Field(None, description="The request's id (also the X-Request-ID header).")
+
+
 class Reason(BaseModel):
-    feature: str
-    value: float
-    contribution: float = Field(description="XGBoost contribution to the log-odds (pred_contribs).")
+    feature: str = Field(examples=["terminal_risk_30d"])
+    value: float = Field(examples=[0.42])
+    contribution: float = Field(description="XGBoost contribution to the log-odds (pred_contribs).",
+                                examples=[1.87])
 
 
 class ScoreResult(BaseModel):
-    transaction_id: str
-    fraud_probability: float
-    decision: str = Field(description="'decline' when fraud_probability >= threshold, else 'approve'.")
-    threshold: float
-    model_tag: str
-    reasons: list[Reason] = Field(description="Features pushing the score up most, largest first.")
+    transaction_id: str = Field(examples=["tx-000184211"])
+    fraud_probability: float = Field(ge=0, le=1, examples=[0.083])
+    decision: str = Field(description="'decline' when fraud_probability >= threshold, else 'approve'.",
+                          examples=["approve"], json_schema_extra={"enum": ["approve", "decline"]})
+    threshold: float = Field(examples=[0.5])
+    model_tag: str = Field(examples=["fraud-champion:3fkqmzr2mklpbhzr"])
+    reasons: list[Reason] = Field(description="Features pushing the score up most, largest first (empty "
+                                  "when not asked for).")
     online_model_probability: float | None = Field(
-        None, description="The streaming (River) model's opinion, when a checkpoint is available.")
+        None, description="The streaming (River) model's opinion, when a checkpoint is available; else null.",
+        examples=[0.12])
     degraded: bool = Field(False, description="True when scored without the online store (fail-open).")
 
 
@@ -138,11 +212,22 @@ class BatchResult(BaseModel):
 class ColumnsResult(BaseModel):
     """``POST /score_columns``' answer, as columns in the request's order (no reasons: bulk scoring)."""
 
-    transaction_id: list[str]
-    fraud_probability: list[float]
-    decision: list[str] = Field(description="'decline' when fraud_probability >= threshold, else 'approve'.")
-    threshold: float
-    model_tag: str
+    transaction_id: list[str] = Field(examples=[["tx-000184211", "tx-000184212"]])
+    fraud_probability: list[float] = Field(examples=[[0.083, 0.911]])
+    decision: list[str] = Field(description="'decline' when fraud_probability >= threshold, else 'approve'.",
+                                examples=[["approve", "decline"]])
+    threshold: float = Field(examples=[0.5])
+    model_tag: str = Field(examples=["fraud-champion:3fkqmzr2mklpbhzr"])
     online_model_probability: list[float | None] | None = Field(
-        None, description="The streaming (River) model's opinions, when a checkpoint is available.")
+        None, description="The streaming (River) model's opinions, when a checkpoint exists; else null.",
+        examples=[[0.12, 0.67]])
     degraded: bool = Field(False, description="True when scored without the online store (fail-open).")
+
+
+class ReloadResult(BaseModel):
+    """``POST /reload``'s answer: what this worker serves now."""
+
+    reloaded: bool = Field(description="Whether a newer champion was loaded.")
+    model_tag: str | None = Field(examples=["fraud-champion:3fkqmzr2mklpbhzr"],
+                                  description="The champion served (null when none could be loaded).")
+    error: str | None = Field(None, description="Why the latest champion could not be loaded.")

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -230,24 +231,32 @@ def _mtime(path: Path | None) -> int | None:
 
 
 class MicroBatcher:
-    """Scores concurrent ``/score`` requests together, without waiting for any.
+    """Scores concurrent ``/score`` requests together, without waiting for any, off the event loop.
 
-    A request queues its transaction and schedules a drain on the event loop (``call_soon``); the drain scores
-    everything queued by then in one ``Scorer.score`` call: one Redis pipeline, one DMatrix, one prediction.
-    At low load a drain holds one transaction, so latency is that of scoring it alone; under load the requests
-    that arrived while the previous drain ran share the next one, so the per-call costs (Redis round trip,
-    DMatrix, XGBoost call) are paid once per drain instead of once per request. Transactions are applied to
-    the online state in arrival order, as they would be one by one.
+    A request queues its transaction and, unless a drain is already under way, schedules one on the event
+    loop (``call_soon``); the drain hands everything queued by then to the scoring thread as one
+    ``Scorer.score`` call: one Redis pipeline, one DMatrix, one prediction. At low load a drain holds one
+    transaction, so latency is that of scoring it alone; under load the requests that arrived while the
+    previous drain ran share the next one, so the per-call costs (Redis round trip, DMatrix, XGBoost call)
+    are paid once per drain instead of once per request. One thread scores, one drain at a time, so
+    transactions are applied to the online state in arrival order, as they would be one by one; and the
+    event loop never waits for the store (a stalled Redis costs its socket timeout on that thread, while
+    /livez and /readyz are answered).
+
+    A drain that fails for a reason of its own transactions (not StoreUnavailable or ModelNotLoaded, which
+    every transaction shares) is retried one transaction at a time, so one bad transaction fails only itself.
     """
 
-    def __init__(self, scorer: Scorer, max_size: int = 256, on_drain: Callable[[int], None] | None = None):
+    def __init__(self, scorer: Scorer, max_size: int = 256, on_drain: Callable[[int], None] | None = None,
+                 executor: Executor | None = None):
         self.scorer, self.max_size, self.on_drain = scorer, max_size, on_drain
-        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
-        self._scheduled = False
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._scheduled = False  # a drain is scheduled or running: new requests wait for the next one
         self.defer = int(os.environ.get("FRAUD_DRAIN_DEFER", "2"))
         self.drains = 0  # how many scoring calls served the requests (tests; the service exports a histogram)
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="score-drain")
 
-    async def score(self, tx: dict[str, Any]) -> ScoreResult:
+    async def score(self, tx: Any) -> ScoreResult:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         self._pending.append((tx, fut))
@@ -260,20 +269,57 @@ class MicroBatcher:
         if defer > 0:  # let the loop poll its sockets once more: requests already received join this drain
             loop.call_soon(self._drain, loop, defer - 1)
             return
-        self._scheduled = False
         pending, self._pending = self._pending, []
-        for i in range(0, len(pending), self.max_size):
-            chunk = pending[i:i + self.max_size]
+        pending = [(tx, fut) for tx, fut in pending if not fut.done()]  # clients that went away
+        if not pending:
+            self._next(loop)
+            return
+        done = loop.run_in_executor(self._executor, self._score_all, [tx for tx, _ in pending])
+        done.add_done_callback(lambda f: self._settle(loop, pending, f))
+
+    def _score_all(self, txs: list[Any]) -> list[ScoreResult | BaseException]:
+        """On the scoring thread: each transaction's result or exception, in order."""
+        out: list[ScoreResult | BaseException] = []
+        for i in range(0, len(txs), self.max_size):
+            chunk = txs[i:i + self.max_size]
             self.drains += 1
             if self.on_drain is not None:
                 self.on_drain(len(chunk))
             try:
-                results = self.scorer.score([tx for tx, _ in chunk])
-            except Exception as exc:  # StoreUnavailable, ModelNotLoaded...: each request of the chunk gets it
-                for _, fut in chunk:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                out.extend(self.scorer.score(chunk))
+            except (StoreUnavailable, ModelNotLoaded) as exc:  # shared by the chunk: each request gets it
+                out.extend([exc] * len(chunk))
+            except Exception as exc:
+                if len(chunk) == 1:
+                    out.append(exc)
+                    continue
+                log.warning("a /score drain of %d failed (%s): scoring its transactions one by one",
+                            len(chunk), type(exc).__name__)
+                for tx in chunk:
+                    try:
+                        out.extend(self.scorer.score([tx]))
+                    except Exception as one:
+                        out.append(one)
+        return out
+
+    def _settle(self, loop: asyncio.AbstractEventLoop, pending: list[tuple[Any, asyncio.Future]],
+                done: asyncio.Future) -> None:
+        exc = done.exception()
+        results = [exc] * len(pending) if exc is not None else done.result()
+        for (_, fut), result in zip(pending, results, strict=True):
+            if fut.done():  # a client that went away cancelled its future
                 continue
-            for (_, fut), result in zip(chunk, results, strict=True):
-                if not fut.done():  # a client that went away cancelled its future
-                    fut.set_result(result)
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+        self._next(loop)
+
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pending:  # arrived while the drain ran: the next drain, at once
+            loop.call_soon(self._drain, loop, 0)
+        else:
+            self._scheduled = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

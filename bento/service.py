@@ -14,6 +14,11 @@ from exact TreeSHAP instead of Saabas attributions), ``FRAUD_TRACE_SCORING`` (1:
 scoring routes too; off by default because the middleware costs as much as scoring and no exporter is set),
 ``FRAUD_BULK_THREADS`` (bulk requests a worker scores at once, off the event loop; default 2),
 ``FRAUD_REDIS_CALL_TXS`` (transactions per Redis call, default 10,000).
+
+Security (``bento.security``): ``FRAUD_API_TOKEN`` (bearer token of the scoring routes), ``FRAUD_ADMIN_TOKEN``
+(``/reload``; may score too), ``FRAUD_SERVE_HOST`` (the address served, default 127.0.0.1; a non-loopback
+one needs FRAUD_API_TOKEN, else the service refuses to start), ``FRAUD_MAX_BODY_BYTES`` (default 4 MiB).
+TLS: ``bentoml serve --ssl-certfile cert.pem --ssl-keyfile key.pem``.
 """
 
 from __future__ import annotations
@@ -24,15 +29,24 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from pydantic import Field
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
+from bento import security
 from bento.champion import MODEL_NAME, use_project_model_store
-from bento.schemas import MAX_BATCH, BatchResult, ColumnsResult, ScoreResult, Transaction, TransactionColumns
+from bento.schemas import (
+    MAX_BATCH,
+    BatchResult,
+    ColumnsResult,
+    ReloadResult,
+    ScoreResult,
+    Transaction,
+    TransactionColumns,
+)
 from bento.scoring import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
 from streaming.online_store import StoreUnavailable
 
@@ -40,6 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 BULK_THREADS = int(os.environ.get("FRAUD_BULK_THREADS", "2"))  # bulk requests scored at once, per worker
 use_project_model_store()  # BENTOML_HOME inside the project's data directory unless set
+# Refused here, in the `bentoml serve` process, before anything listens: a network address without a token.
+security.check_bind(security.AccessPolicy.from_env(), security.requested_hosts())
 
 _decisions = bentoml.metrics.Counter(name="fraud_decisions_total", documentation="Scored transactions.",
                                      labelnames=["decision"])
@@ -52,17 +68,23 @@ _store_errors = bentoml.metrics.Counter(name="fraud_store_errors_total",
 
 
 def _unavailable(exc: Exception) -> JSONResponse:
+    rid = security.request_id.get()
     if isinstance(exc, StoreUnavailable):
         _store_errors.inc()
-        return JSONResponse({"error": "online store unavailable (fail-closed policy)", "detail": str(exc)},
+        log.warning("request %s: online store unavailable: %s", rid, exc)
+        return JSONResponse({"error": "online store unavailable (fail-closed policy)",
+                             "detail": "the online store did not answer in time", "request_id": rid},
                             status_code=503)
-    return JSONResponse({"error": "no champion model loaded", "detail": str(exc)}, status_code=503)
+    log.warning("request %s: %s", rid, exc)
+    return JSONResponse({"error": "no champion model loaded", "detail": "the service is not ready",
+                         "request_id": rid}, status_code=503)
 
 
 @bentoml.service(
     name="fraud_scorer",
     workers=int(os.environ.get("FRAUD_SERVE_WORKERS", "1")),
     traffic={"timeout": 10},
+    http={"host": security.serve_host()},
     logging={"access": {"enabled": os.environ.get("FRAUD_ACCESS_LOG", "0") == "1"}},
     tracing={"excluded_urls": [] if os.environ.get("FRAUD_TRACE_SCORING") == "1" else _SCORING_ROUTES},
 )
@@ -71,6 +93,11 @@ class FraudScorer:
     model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
 
     def __init__(self) -> None:
+        policy = security.AccessPolicy.from_env()
+        security.check_bind(policy, security.requested_hosts())  # a worker: the socket it was handed
+        security.configure(policy, spec=lambda: FraudScorer.openapi_spec.asdict(), models=lambda: {
+            api.route: (api.input_spec, api.output_spec) for api in FraudScorer.apis.values()})
+        security.install_log_filter()
         self.scorer = Scorer()
         self.batcher = MicroBatcher(self.scorer, on_drain=_drain_sizes.observe)
         # Bulk requests are scored off the event loop, two at a time: while one waits for Redis (a third of
@@ -122,13 +149,10 @@ class FraudScorer:
         return result
 
     @bentoml.api(route="/score_batch")
-    async def score_batch(self, transactions: list[Transaction], with_reasons: bool = False) -> BatchResult:
+    async def score_batch(
+            self, transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)],
+            with_reasons: bool = False) -> BatchResult:
         """Score up to MAX_BATCH transactions (in time order). Reasons only if ``with_reasons``."""
-        if not transactions:
-            raise InvalidArgument("transactions must not be empty")
-        if len(transactions) > MAX_BATCH:
-            raise InvalidArgument(
-                f"batch of {len(transactions)} transactions exceeds the maximum of {MAX_BATCH}")
         try:
             events = [t.as_event() for t in transactions]
             results = await self._off_loop(lambda: self.scorer.score(events, reasons=with_reasons))
@@ -153,17 +177,22 @@ class FraudScorer:
         return result
 
     @bentoml.api(route="/reload")
-    def reload(self) -> dict:
+    def reload(self) -> ReloadResult:
         """Load the latest promoted champion now (without dropping requests); returns what this worker
-        serves. The other workers follow within a second (the reload signal file)."""
+        serves. The other workers follow within a second (the reload signal file). Admin token only."""
         loaded = self.scorer.reload_if_newer()
         self.poller.signal_others()
         champ = self.scorer.champion
-        return {"reloaded": loaded is not None, "model_tag": champ.tag if champ else None,
-                "error": self.scorer.load_error}
+        log.info("request %s: /reload: serving %s", security.request_id.get(), champ.tag if champ else None)
+        return ReloadResult(reloaded=loaded is not None, model_tag=champ.tag if champ else None,
+                            error=self.scorer.load_error)
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self.poller.stop()
+        self.batcher.close()
         self._bulk.shutdown(wait=True)
         self.scorer.store.close()
+
+
+FraudScorer.add_asgi_middleware(security.Guard)  # authentication and request bounds before BentoML parses

@@ -45,6 +45,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
@@ -61,6 +62,17 @@ _LABEL_DELAY_US = to_us(RISK_DELAY)  # where a label first looks for its transac
 _FAR = 2**62  # a time no transaction has
 DEFAULT_CALL_TXS = 10_000  # transactions per store call (bento.schemas.MAX_BATCH: a bulk request in one)
 PRUNE_AT = 16  # entries too old for any feature that an entity's history holds before it is pruned
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (``redis://user:***@host``), for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def record_bucket(txid: str) -> int:
@@ -221,11 +233,17 @@ class RedisStore(OnlineStore):
     """Redis-backed store shared by every replica: one round trip per call, whatever it holds."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "fraud:",
-                 tx_ttl_s: int | None = None, socket_timeout: float = 0.5, *args, **kwargs):
+                 tx_ttl_s: int | None = None, socket_timeout: float | None = None, *args, **kwargs):
         import redis
 
         super().__init__(*args, **kwargs)
-        self.url, self.prefix = url, prefix
+        # The URL carries the credentials and TLS (``rediss://user:password@host:port/db``); messages and
+        # logs show it without the password.
+        self.url, self.prefix = redact_url(url), prefix
+        # Every command's reply, and a connection, within this (FRAUD_REDIS_TIMEOUT_S, default 0.5 s): a
+        # stalled Redis fails the call (StoreUnavailable: the failure policy) instead of hanging it.
+        if socket_timeout is None:
+            socket_timeout = float(os.environ.get("FRAUD_REDIS_TIMEOUT_S") or 0.5)
         # A label later than every lookback cannot change a feature; by default keep tx records that long.
         self.tx_ttl_s = tx_ttl_s if tx_ttl_s is not None else max(self.lookback_us.values()) // 1_000_000
         # How far back from its own time a label looks for its transaction: a fraud older than every
@@ -237,6 +255,8 @@ class RedisStore(OnlineStore):
         options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                        health_check_interval=5, retry_on_timeout=False,
                        **({"connection_class": PollingConnection} if url.startswith("redis://") else {}))
+        if url.startswith("rediss://") and os.environ.get("FRAUD_REDIS_CA"):  # a private CA's bundle
+            options["ssl_ca_certs"] = os.environ["FRAUD_REDIS_CA"]
         self.client = redis.Redis.from_url(url, decode_responses=True, **options)
         # The scripts' replies hold binary histories: their connection does not decode.
         self._raw = redis.Redis.from_url(url, decode_responses=False, **options)

@@ -28,6 +28,9 @@ from bento.schemas import MAX_BATCH  # noqa: E402
 
 TX = {"transaction_id": "t-1", "tx_datetime": "2018-09-30T12:00:00Z", "customer_id": 7,
       "terminal_id": "T-9", "tx_amount": 42.5}
+API_TOKEN, ADMIN_TOKEN = "test-api-token-0123456789abcdef", "test-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _free_port() -> int:
@@ -44,18 +47,23 @@ def champion() -> str:
 _APP = []
 
 
-def _client(monkeypatch, **env: str):
-    """A client on the service's ASGI app; the service instance (built at startup) reads ``env``."""
+def _client(monkeypatch, client: tuple[str, int] = ("203.0.113.7", 50000), headers: dict | None = None,
+            **env: str):
+    """A client on the service's ASGI app; the service instance (built at startup) reads ``env``. By default
+    both tokens are set and the client, a non-loopback address, sends the scoring token."""
     from starlette.testclient import TestClient
 
     from bento.service import FraudScorer
 
-    monkeypatch.setenv("FRAUD_MODEL_POLL_S", "0")
+    env = {"FRAUD_MODEL_POLL_S": "0", "FRAUD_API_TOKEN": API_TOKEN, "FRAUD_ADMIN_TOKEN": ADMIN_TOKEN, **env}
     for k, v in env.items():
-        monkeypatch.setenv(k, v)
+        if v:
+            monkeypatch.setenv(k, v)
+        else:
+            monkeypatch.delenv(k, raising=False)
     if not _APP:  # one app per process: BentoML registers its Prometheus metrics once
         _APP.append(FraudScorer.to_asgi())
-    return TestClient(_APP[0])
+    return TestClient(_APP[0], client=client, headers=AUTH if headers is None else headers)
 
 
 @pytest.fixture
@@ -147,7 +155,7 @@ def test_batch(client) -> None:
 
 def test_batch_limits(client) -> None:
     r = client.post("/score_batch", json={"transactions": [TX] * (MAX_BATCH + 1)})
-    assert r.status_code == 400 and "maximum" in r.text
+    assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["transactions"], r.text
     assert client.post("/score_batch", json={"transactions": []}).status_code == 400
     r = client.post("/score_batch", json={"transactions": [TX, {**TX, "tx_amount": -5}]})
     assert r.status_code == 400 and "tx_amount" in r.text
@@ -192,7 +200,7 @@ def test_columns_bad_input_is_400_with_reason(client, change, field) -> None:
 def test_hot_reload(client) -> None:
     before = client.post("/score", json=TX).json()["model_tag"]
     new_tag = save_standin_champion(n_trees=10, seed=1)
-    r = client.post("/reload")
+    r = client.post("/reload", headers=ADMIN)
     assert r.status_code == 200 and r.json() == {"reloaded": True, "model_tag": new_tag, "error": None}
     after = client.post("/score", json={**TX, "transaction_id": "t-2"}).json()["model_tag"]
     assert (before, after) != (after, after) and after == new_tag
@@ -239,7 +247,7 @@ def test_river_opinion_when_a_checkpoint_exists(client) -> None:
     river_dir = get_settings().data_dir / "streaming" / "river"
     save(river_dir, Checkpoint(model=model, position={}))
     try:
-        assert client.post("/reload").status_code == 200  # also re-reads the River checkpoint
+        assert client.post("/reload", headers=ADMIN).status_code == 200  # also re-reads the River checkpoint
         r = client.post("/score", json={**TX, "transaction_id": "river-1"})
         assert r.status_code == 200, r.text
         p = r.json()["online_model_probability"]
@@ -247,7 +255,7 @@ def test_river_opinion_when_a_checkpoint_exists(client) -> None:
     finally:
         for f in river_dir.glob("*.pkl"):
             f.unlink()
-        client.post("/reload")
+        client.post("/reload", headers=ADMIN)
     after = client.post("/score", json={**TX, "transaction_id": "river-2"}).json()
     assert after["online_model_probability"] is None
 
@@ -314,22 +322,25 @@ def test_redis_down_fail_open(monkeypatch, private_redis) -> None:
 
 
 @contextmanager
-def _served(tmp_path: Path, **env: str):
-    """A `bentoml serve` process from the repo root (its base URL once /readyz is 200), stopped after."""
+def _served(tmp_path: Path, args: tuple[str, ...] = (), scheme: str = "http", verify: object = True,
+            **env: str):
+    """A `bentoml serve` process from the repo root (its base URL once /readyz is 200), stopped after; both
+    tokens set (``AUTH``, ``ADMIN``)."""
     import httpx
 
     port = _free_port()
-    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory", **env}
+    env = {**os.environ, "FRAUD_MODEL_POLL_S": "0", "FRAUD_ONLINE_STORE": "memory",
+           "FRAUD_API_TOKEN": API_TOKEN, "FRAUD_ADMIN_TOKEN": ADMIN_TOKEN, **env}
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
     log = tmp_path / f"serve-{port}.log"
-    proc = subprocess.Popen([bentoml, "serve", "--port", str(port)], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.Popen([bentoml, "serve", "--port", str(port), *args], cwd=PROJECT_ROOT, env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{base}/readyz", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -349,12 +360,95 @@ def test_bentoml_serve_process(tmp_path) -> None:
     import httpx
 
     with _served(tmp_path) as (base, log):
-        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10)
+        r = httpx.post(f"{base}/score", json={**TX, "transaction_id": f"srv-{uuid.uuid4().hex}"}, timeout=10,
+                       headers=AUTH)
         assert r.status_code == 200 and len(r.json()["reasons"]) == 3, log.read_text()[-3000:]
-        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        port = int(base.rsplit(":", 1)[1])  # listening on loopback only (FRAUD_SERVE_HOST's default)
+        import psutil
+
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening == {"127.0.0.1"}, listening
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text  # open: no token
         assert "fraud_decisions_total" in metrics and "bentoml_service_request_duration_seconds" in metrics
         spec = httpx.get(f"{base}/docs.json", timeout=5).json()
         assert {"/score", "/score_batch", "/reload"} <= set(spec["paths"])
+        # A rejected request is logged as one line with its id and the fields, not the values.
+        card = "4111111111111111"
+        r = httpx.post(f"{base}/score", json={**TX, "customer_id": card + "\u2028"}, timeout=10,
+                       headers={**AUTH, "X-Request-ID": "srv-reject-1"})
+        assert r.status_code == 400
+        deadline = time.monotonic() + 5
+        while "srv-reject-1" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = log.read_text()
+        assert "srv-reject-1" in text and "customer_id" in text, text[-3000:]
+        assert card not in text and "Traceback" not in text, text[-3000:]
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made for the test (cryptography, else the openssl CLI)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        import ipaddress
+        from datetime import UTC, timedelta
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                        "-out", str(cert)], check=True, capture_output=True)
+        return cert, key
+    pkey = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(pkey.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                   .not_valid_after(now + timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(pkey, hashes.SHA256()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(pkey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return cert, key
+
+
+def test_bentoml_serve_over_tls_with_a_token(tmp_path) -> None:
+    """`bentoml serve --ssl-certfile/--ssl-keyfile`: HTTPS with a self-signed certificate, a client that
+    verifies it, the token required; plain HTTP is not answered."""
+    import ssl
+
+    import httpx
+
+    cert, key = _self_signed(tmp_path)
+    verify = ssl.create_default_context(cafile=str(cert))
+    with _served(tmp_path, args=("--ssl-certfile", str(cert), "--ssl-keyfile", str(key)), scheme="https",
+                 verify=verify) as (base, log):
+        tx = {**TX, "transaction_id": f"tls-{uuid.uuid4().hex}"}
+        r = httpx.post(f"{base}/score", json=tx, headers=AUTH, verify=verify, timeout=10)
+        assert r.status_code == 200, log.read_text()[-3000:]
+        r = httpx.post(f"{base}/score", json=tx, verify=verify, timeout=10)
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(base.replace("https://", "http://") + "/score", json=tx, headers=AUTH, timeout=5)
+
+
+def test_serving_a_network_address_without_a_token_is_refused(tmp_path) -> None:
+    """`bentoml serve` on 0.0.0.0 without FRAUD_API_TOKEN stops at start with the reason."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FRAUD_API_TOKEN", "FRAUD_ADMIN_TOKEN")}
+    env.update(FRAUD_SERVE_HOST="0.0.0.0", FRAUD_MODEL_POLL_S="0", FRAUD_ONLINE_STORE="memory")
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    out = subprocess.run([bentoml, "serve", "--port", str(_free_port())], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "without FRAUD_API_TOKEN" in out.stdout + out.stderr
 
 
 def test_reload_reaches_every_worker(tmp_path) -> None:
@@ -371,7 +465,7 @@ def test_reload_reaches_every_worker(tmp_path) -> None:
                 tags = set()
                 for _ in range(n):  # a new client each: a new connection, accepted by either worker
                     tx = {**TX, "transaction_id": uuid.uuid4().hex}
-                    r = httpx.post(f"{base}/score", json=tx, timeout=10)
+                    r = httpx.post(f"{base}/score", json=tx, timeout=10, headers=AUTH)
                     assert r.status_code == 200, log.read_text()[-3000:]
                     tags.add(r.json()["model_tag"])
                 return tags
@@ -379,7 +473,7 @@ def test_reload_reaches_every_worker(tmp_path) -> None:
             old = served_tags(4)
             new_tag = save_standin_champion(n_trees=12, seed=2)
             assert new_tag not in old
-            assert httpx.post(f"{base}/reload", timeout=30).json()["model_tag"] == new_tag
+            assert httpx.post(f"{base}/reload", timeout=30, headers=ADMIN).json()["model_tag"] == new_tag
             # The other worker's poller checks the reload signal every second, then loads the model (its
             # warm-up included): on a busy 2-core machine that took over 2.5 s now and then.
             deadline = time.monotonic() + 15
