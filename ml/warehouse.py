@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -123,3 +124,15 @@ def features_connection(warehouse: Path | str, wait_s: float | None = None
         yield con
     finally:
         con.close()
+
+
+def time_range(since: datetime | None, until: datetime | None) -> tuple[str, list[datetime]]:
+    """`` where tx_datetime >= ? and tx_datetime < ?`` for the bounds given (none: ``""``), and its values."""
+    where, params = [], []
+    if since is not None:
+        where.append("tx_datetime >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("tx_datetime < ?")
+        params.append(until)
+    return (" where " + " and ".join(where) if where else ""), params

@@ -23,7 +23,7 @@ import duckdb
 
 from ml.features.online import WINDOW_ENTITIES, TxEvent, compute_features, to_us
 from ml.features.spec import FEATURE_NAMES
-from ml.warehouse import features_connection
+from ml.warehouse import features_connection, time_range
 from streaming.online_features import OnlineFeatures
 from streaming.online_store import Label, OnlineStore
 
@@ -54,18 +54,11 @@ class ParityReport:
 
 
 def _load(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None):
-    where, params = [], []
-    if since is not None:
-        where.append("tx_datetime >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("tx_datetime < ?")
-        params.append(until)
+    where, params = time_range(since, until)
     sql = ("select cast(transaction_id as varchar), cast(tx_datetime as timestamp),"
            " cast(customer_id as varchar), cast(terminal_id as varchar), cast(tx_amount as double),"
            " cast(tx_fraud as integer),"
-           " cast(label_time as timestamp) from main.fct_transaction_features"
-           + (" where " + " and ".join(where) if where else ""))
+           " cast(label_time as timestamp) from main.fct_transaction_features" + where)
     return con.execute(sql, params).fetchall()
 
 

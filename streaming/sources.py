@@ -85,18 +85,11 @@ def load_transactions(path: Path | None = None, warehouse: Path | None = None,
     feature build, without holding the warehouse (a dbt build may run meanwhile)."""
     lo, hi = _bound(start, "--start"), _bound(end, "--end")
     if warehouse is not None:
-        from ml.warehouse import features_connection
+        from ml.warehouse import features_connection, time_range
 
-        where, params = [], []
-        if lo is not None:
-            where.append("tx_datetime >= ?")
-            params.append(lo)
-        if hi is not None:
-            where.append("tx_datetime < ?")
-            params.append(hi)
+        where, params = time_range(lo, hi)
         sql = ("select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud, "
-               "label_time from main.fct_transaction_features"
-               + (" where " + " and ".join(where) if where else ""))
+               "label_time from main.fct_transaction_features" + where)
         with features_connection(warehouse) as con:
             df = con.execute(sql, params).df()
     else:
