@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bentoml.exceptions import BentoMLConfigException
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -46,6 +48,12 @@ OPEN_PREFIXES = ("/static_content/", "/assets/")
 ADMIN_PATHS = frozenset({"/reload"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+class UnsafeConfiguration(BentoMLConfigException, RuntimeError):
+    """A setting the service refuses to start with; `bentoml serve` prints it as one line, no traceback."""
+
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("fraud_request_id", default="-")
 
 
@@ -54,7 +62,8 @@ def _token(name: str) -> bytes | None:
     if not value:
         return None
     if len(value) < MIN_TOKEN_LEN:
-        raise RuntimeError(f"{name} must be at least {MIN_TOKEN_LEN} characters (`openssl rand -hex 32`)")
+        raise UnsafeConfiguration(
+            f"{name} must be at least {MIN_TOKEN_LEN} characters (`openssl rand -hex 32`)")
     return value.encode()
 
 
@@ -68,7 +77,7 @@ class AccessPolicy:
     def from_env(cls) -> AccessPolicy:
         max_body = int(os.environ.get("FRAUD_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
         if max_body <= 0:
-            raise RuntimeError("FRAUD_MAX_BODY_BYTES must be positive")
+            raise UnsafeConfiguration("FRAUD_MAX_BODY_BYTES must be positive")
         return cls(_token("FRAUD_API_TOKEN"), _token("FRAUD_ADMIN_TOKEN"), max_body)
 
 
@@ -94,7 +103,7 @@ def check_bind(policy: AccessPolicy, hosts: list[str]) -> None:
     """Refuse to serve on a network address without a scoring token (loopback-only serving needs none)."""
     exposed = [h for h in hosts if h and not is_loopback(h)]
     if exposed and policy.api_token is None:
-        raise RuntimeError(
+        raise UnsafeConfiguration(
             f"refusing to serve on {exposed[0]} (not a loopback address) without FRAUD_API_TOKEN: set "
             "FRAUD_API_TOKEN (and FRAUD_ADMIN_TOKEN for /reload), or serve on 127.0.0.1")
 
