@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +100,24 @@ class Scorer:
         champ = self._champion()
         events = [tx_event(tx) for tx in txs]
         spec_x, degraded = self._features(lambda: self.features.score_events(events), events)
+        return self._results(champ, events, spec_x, degraded, reasons)
+
+    async def score_async(self, txs: Sequence[Mapping[str, Any] | TxEvent], reasons: bool = True
+                          ) -> list[ScoreResult]:
+        """``score`` for a caller on the event loop (the /score micro-batcher): the online store's round trip
+        is awaited, the computing done in place."""
+        champ = self._champion()
+        events = [tx_event(tx) for tx in txs]
+        try:
+            spec_x, degraded = await self.features.score_events_async(events), False
+        except StoreUnavailable:
+            if self.policy == "closed":
+                raise
+            spec_x, degraded = self._cold(events), True
+        return self._results(champ, events, spec_x, degraded, reasons)
+
+    def _results(self, champ: Champion, events: list[TxEvent], spec_x: np.ndarray, degraded: bool,
+                 reasons: bool) -> list[ScoreResult]:
         x = spec_x if champ.columns is None else spec_x[:, champ.columns]
         proba, contribs = champ.predict_explain(x) if reasons else (champ.predict(x), None)
         decline = proba >= champ.threshold
@@ -144,15 +161,20 @@ class Scorer:
     def _features(self, online: Callable[[], np.ndarray], txs: Sequence[TxEvent] | TxColumns
                   ) -> tuple[np.ndarray, bool]:
         """The feature matrix from the online store, and whether it is degraded: under the fail-open policy
-        a store outage gives the transactions alone, as for customers and terminals never seen."""
+        a store outage gives the transactions alone (``_cold``)."""
         try:
             return online(), False
         except StoreUnavailable:
             if self.policy == "closed":
                 raise
+        return self._cold(txs), True
+
+    @staticmethod
+    def _cold(txs: Sequence[TxEvent] | TxColumns) -> np.ndarray:
+        """Features from the transactions alone, as for customers and terminals never seen."""
         events = txs if not isinstance(txs, TxColumns) else [txs.event(k) for k in range(len(txs))]
         cold = [compute_features(ev, {}) for ev in events]
-        return np.array([[f[n] for n in FEATURE_NAMES] for f in cold]).reshape(len(events), -1), True
+        return np.array([[f[n] for n in FEATURE_NAMES] for f in cold]).reshape(len(events), -1)
 
     def _reasons(self, champ: Champion, row: np.ndarray, contrib: np.ndarray) -> list[dict[str, Any]]:
         top = np.argsort(-contrib, kind="stable")[: self.n_reasons].tolist()
@@ -231,30 +253,30 @@ def _mtime(path: Path | None) -> int | None:
 
 
 class MicroBatcher:
-    """Scores concurrent ``/score`` requests together, without waiting for any, off the event loop.
+    """Scores concurrent ``/score`` requests together, without waiting for any.
 
     A request queues its transaction and, unless a drain is already under way, schedules one on the event
-    loop (``call_soon``); the drain hands everything queued by then to the scoring thread as one
-    ``Scorer.score`` call: one Redis pipeline, one DMatrix, one prediction. At low load a drain holds one
-    transaction, so latency is that of scoring it alone; under load the requests that arrived while the
-    previous drain ran share the next one, so the per-call costs (Redis round trip, DMatrix, XGBoost call)
-    are paid once per drain instead of once per request. One thread scores, one drain at a time, so
-    transactions are applied to the online state in arrival order, as they would be one by one; and the
-    event loop never waits for the store (a stalled Redis costs its socket timeout on that thread, while
-    /livez and /readyz are answered).
+    loop (``call_soon``); the drain scores everything queued by then as one ``Scorer.score_async`` call: one
+    store round trip, one DMatrix, one prediction. At low load a drain holds one transaction, so latency is
+    that of scoring it alone; under load the requests that arrived while the previous drain ran share the
+    next one, so the per-call costs (Redis round trip, DMatrix, XGBoost call) are paid once per drain
+    instead of once per request. One drain at a time, so transactions are applied to the online state in
+    arrival order, as they would be one by one. The drain computes on the loop and awaits the store there:
+    the loop answers other requests (/livez, /readyz) while Redis is due, and a stalled Redis costs the
+    drain its socket timeout, not the loop. (On a thread, each handover of the GIL between the loop and the
+    drain waited for the interpreter's switch interval: max /score halved.)
 
     A drain that fails for a reason of its own transactions (not StoreUnavailable or ModelNotLoaded, which
     every transaction shares) is retried one transaction at a time, so one bad transaction fails only itself.
     """
 
-    def __init__(self, scorer: Scorer, max_size: int = 256, on_drain: Callable[[int], None] | None = None,
-                 executor: Executor | None = None):
+    def __init__(self, scorer: Scorer, max_size: int = 256, on_drain: Callable[[int], None] | None = None):
         self.scorer, self.max_size, self.on_drain = scorer, max_size, on_drain
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._scheduled = False  # a drain is scheduled or running: new requests wait for the next one
         self.defer = int(os.environ.get("FRAUD_DRAIN_DEFER", "2"))
         self.drains = 0  # how many scoring calls served the requests (tests; the service exports a histogram)
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="score-drain")
+        self._task: asyncio.Task | None = None  # the running drain (a reference keeps it alive)
 
     async def score(self, tx: Any) -> ScoreResult:
         loop = asyncio.get_running_loop()
@@ -274,46 +296,46 @@ class MicroBatcher:
         if not pending:
             self._next(loop)
             return
-        done = loop.run_in_executor(self._executor, self._score_all, [tx for tx, _ in pending])
-        done.add_done_callback(lambda f: self._settle(loop, pending, f))
+        self._task = loop.create_task(self._score_all(loop, pending))
 
-    def _score_all(self, txs: list[Any]) -> list[ScoreResult | BaseException]:
-        """On the scoring thread: each transaction's result or exception, in order."""
-        out: list[ScoreResult | BaseException] = []
-        for i in range(0, len(txs), self.max_size):
-            chunk = txs[i:i + self.max_size]
-            self.drains += 1
-            if self.on_drain is not None:
-                self.on_drain(len(chunk))
-            try:
-                out.extend(self.scorer.score(chunk))
-            except (StoreUnavailable, ModelNotLoaded) as exc:  # shared by the chunk: each request gets it
-                out.extend([exc] * len(chunk))
-            except Exception as exc:
-                if len(chunk) == 1:
-                    out.append(exc)
-                    continue
-                log.warning("a /score drain of %d failed (%s): scoring its transactions one by one",
-                            len(chunk), type(exc).__name__)
-                for tx in chunk:
-                    try:
-                        out.extend(self.scorer.score([tx]))
-                    except Exception as one:
-                        out.append(one)
-        return out
+    async def _score_all(self, loop: asyncio.AbstractEventLoop,
+                         pending: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            for i in range(0, len(pending), self.max_size):
+                chunk = pending[i:i + self.max_size]
+                self.drains += 1
+                if self.on_drain is not None:
+                    self.on_drain(len(chunk))
+                txs = [tx for tx, _ in chunk]
+                try:
+                    results: list = await self.scorer.score_async(txs)
+                except (StoreUnavailable, ModelNotLoaded) as exc:  # shared by the chunk: each request gets it
+                    results = [exc] * len(chunk)
+                except Exception as exc:
+                    if len(chunk) == 1:
+                        results = [exc]
+                    else:
+                        log.warning("a /score drain of %d failed (%s): scoring its transactions one by one",
+                                    len(chunk), type(exc).__name__)
+                        results = [await self._one(tx) for tx in txs]
+                for (_, fut), result in zip(chunk, results, strict=True):
+                    if fut.done():  # a client that went away cancelled its future
+                        continue
+                    if isinstance(result, BaseException):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+        finally:
+            for _, fut in pending:  # only if the drain itself broke (cancelled at shutdown, say)
+                if not fut.done():
+                    fut.set_exception(RuntimeError("the scoring drain stopped"))
+            self._next(loop)
 
-    def _settle(self, loop: asyncio.AbstractEventLoop, pending: list[tuple[Any, asyncio.Future]],
-                done: asyncio.Future) -> None:
-        exc = done.exception()
-        results = [exc] * len(pending) if exc is not None else done.result()
-        for (_, fut), result in zip(pending, results, strict=True):
-            if fut.done():  # a client that went away cancelled its future
-                continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
-        self._next(loop)
+    async def _one(self, tx: Any) -> ScoreResult | BaseException:
+        try:
+            return (await self.scorer.score_async([tx]))[0]
+        except Exception as exc:
+            return exc
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._pending:  # arrived while the drain ran: the next drain, at once
@@ -322,4 +344,5 @@ class MicroBatcher:
             self._scheduled = False
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._task is not None:
+            self._task.cancel()

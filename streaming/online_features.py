@@ -12,6 +12,7 @@ terminals simply have no state: they get cold-start features (counts of 1 for th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -53,6 +54,19 @@ class OnlineFeatures:
             return np.array([self.vector(compute_features(ev, st or {}))
                              for ev, st in zip(events, states, strict=True)]).reshape(len(events), -1)
         return self.score_columns(TxColumns.of(events), per_tx_below)
+
+    async def score_events_async(self, events: Sequence[TxEvent], per_tx_below: int | None = None
+                                 ) -> np.ndarray:
+        """``score_events`` for a caller on an event loop: the store's round trips are awaited there, so the
+        loop serves other requests meanwhile (transactions out of time order go one by one, on a thread)."""
+        if any(a.t_us > b.t_us for a, b in zip(events, events[1:], strict=False)):
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.score_events, events, per_tx_below)
+        txs = TxColumns.of(events)
+        step = getattr(self.store, "max_call_txs", None) or max(len(txs), 1)
+        parts = [compute_batch(chunk, await self.store.apply_columns_async(chunk), per_tx_below)
+                 for chunk in (txs.slice(i, i + step) for i in range(0, len(txs), step))]
+        return np.vstack(parts) if parts else np.empty((0, len(FEATURE_NAMES)))
 
     def score_columns(self, txs: TxColumns, per_tx_below: int | None = None) -> np.ndarray:
         """``score_events`` for transactions in time order given as columns (bulk scoring): one store call

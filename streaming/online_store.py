@@ -65,6 +65,12 @@ class OnlineStore(ABC):
         per entity they touch, its transactions and known frauds as columns after the recording
         (``ml.features.batch``)."""
 
+    async def apply_columns_async(self, txs: Sequence[TxEvent] | TxColumns, write: bool = True
+                                  ) -> BatchColumns:
+        """``apply_columns`` for a caller on an event loop; a store that waits on a server awaits it there
+        (Redis), the in-process one has nothing to wait for."""
+        return self.apply_columns(txs, write)
+
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot serve."""

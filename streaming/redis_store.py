@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -260,6 +261,10 @@ class RedisStore(OnlineStore):
         self.client = redis.Redis.from_url(url, decode_responses=True, **options)
         # The scripts' replies hold binary histories: their connection does not decode.
         self._raw = redis.Redis.from_url(url, decode_responses=False, **options)
+        # The same for calls awaited on an event loop (``apply_columns_async``), created on first use.
+        self._async_options = {k: v for k, v in options.items() if k != "connection_class"}
+        self._async_url = url
+        self._aconns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> connection
         self._columns = self.client.register_script(_COLUMNS_LUA)
         self._label = self.client.register_script(_LABEL_LUA)
         self._entity_order = sorted(self.lookback_us)
@@ -289,15 +294,16 @@ class RedisStore(OnlineStore):
         wrappers cost about as much as a one-transaction call. It reconnects by itself on its next command
         after an error."""
         redis = self._redis_mod
+        # Packed here: redis-py's send_command checks every argument's type in Python first. One buffer: a
+        # list goes a command per sendall (each a wake-up of Redis, ~25 us here).
+        data = b"".join([pack_command(c) for call in calls for c in call])
         with self._lock:
             if self._conn is None:
                 self._conn = self._raw.connection_pool.make_connection()
             conn = self._conn
             for attempt in (0, 1):
                 try:
-                    # Packed here: redis-py's send_command checks every argument's type in Python first.
-                    # One buffer: a list goes a command per sendall (each a wake-up of Redis, ~25 µs here).
-                    conn.send_packed_command([b"".join([pack_command(c) for call in calls for c in call])])
+                    conn.send_packed_command([data])
                     replies = []
                     for call in calls:
                         for _ in call:
@@ -309,19 +315,61 @@ class RedisStore(OnlineStore):
                 except redis.RedisError as exc:
                     conn.disconnect()
                     raise StoreUnavailable(f"redis at {self.url}: {exc}") from exc
-                errors = [r for r in replies if isinstance(r, Exception)] + [
-                    x for r in replies if isinstance(r, list) for x in r if isinstance(x, Exception)]
-                if not errors:
+                if self._replies_ok(replies, attempt):
                     return replies
-                lost, aborted = redis.exceptions.NoScriptError, redis.exceptions.ExecAbortError
-                if attempt or not any(isinstance(e, lost) for e in errors) or not all(
-                        isinstance(e, lost | aborted) for e in errors):
-                    raise StoreUnavailable(f"redis at {self.url}: {errors[0]}")
-                # A restarted or flushed Redis: load the scripts and run again (recording transactions is
-                # idempotent by id, and a label replaces itself).
-                for script in (self._columns, self._label):
-                    self._call(lambda s=script: self.client.script_load(s.script))
+                self._load_scripts()
         raise AssertionError("unreachable")
+
+    async def _run_async(self, calls: list[list[tuple]]) -> list:
+        """``_run`` awaiting Redis on the running event loop (the service's /score drains): the loop serves
+        other requests, /livez included, while the reply is due, and a stalled Redis costs the call its
+        socket timeout, not the loop. One connection per event loop; its drains run one at a time."""
+        import asyncio
+
+        redis = self._redis_mod
+        data = b"".join([pack_command(c) for call in calls for c in call])
+        loop = asyncio.get_running_loop()
+        for attempt in (0, 1):
+            conn = self._aconns.get(loop)
+            if conn is None:
+                conn = self._aconns[loop] = self._async_pool.make_connection()
+            try:
+                await conn.send_packed_command(data, check_health=False)
+                replies = []
+                for call in calls:
+                    for _ in call:
+                        try:
+                            reply = await conn.read_response()
+                        except redis.exceptions.ResponseError as exc:  # NOSCRIPT: handled below
+                            reply = exc
+                    replies.append(reply)
+            except (redis.RedisError, OSError) as exc:  # OSError: TimeoutError too
+                del self._aconns[loop]
+                await conn.disconnect()
+                raise StoreUnavailable(f"redis at {self.url}: {type(exc).__name__} {exc}") from exc
+            if self._replies_ok(replies, attempt):
+                return replies
+            await loop.run_in_executor(None, self._load_scripts)
+        raise AssertionError("unreachable")
+
+    def _replies_ok(self, replies: list, attempt: int) -> bool:
+        """True if no reply is an error; False if the scripts must be loaded and the call run again (a
+        restarted or flushed Redis: recording transactions is idempotent by id, and a label replaces
+        itself); else StoreUnavailable."""
+        redis = self._redis_mod
+        errors = [r for r in replies if isinstance(r, Exception)] + [
+            x for r in replies if isinstance(r, list) for x in r if isinstance(x, Exception)]
+        if not errors:
+            return True
+        lost, aborted = redis.exceptions.NoScriptError, redis.exceptions.ExecAbortError
+        if attempt or not any(isinstance(e, lost) for e in errors) or not all(
+                isinstance(e, lost | aborted) for e in errors):
+            raise StoreUnavailable(f"redis at {self.url}: {errors[0]}")
+        return False
+
+    def _load_scripts(self) -> None:
+        for script in (self._columns, self._label):
+            self._call(lambda s=script: self.client.script_load(s.script))
 
     def clear(self) -> None:
         def run():
@@ -380,13 +428,32 @@ class RedisStore(OnlineStore):
         return out
 
     def apply_columns(self, txs: Sequence[TxEvent] | TxColumns, write: bool = True) -> BatchColumns:
+        commands, ctx = self._columns_call(txs, write)
+        return self._batch_result(ctx, self._run([commands])[0])
+
+    async def apply_columns_async(self, txs: Sequence[TxEvent] | TxColumns, write: bool = True
+                                  ) -> BatchColumns:
+        """``apply_columns`` awaiting Redis on the running event loop (``_run_async``)."""
+        commands, ctx = self._columns_call(txs, write)
+        return self._batch_result(ctx, (await self._run_async([commands]))[0])
+
+    @property
+    def _async_pool(self):
+        import redis.asyncio
+
+        pool = getattr(self, "_apool", None)
+        if pool is None:
+            pool = self._apool = redis.asyncio.Redis.from_url(
+                self._async_url, decode_responses=False, **self._async_options).connection_pool
+        return pool
+
+    def _columns_call(self, txs: Sequence[TxEvent] | TxColumns, write: bool) -> tuple[list[tuple], _Call]:
         txs = TxColumns.of(txs)
         if write and not txs.in_time_order():
             raise ValueError("a batch that records transactions must be in time order")
         # A small call (a /score drain) is likely computed one by one, which needs every window's ids:
         # read them with the histories rather than in a second round trip.
-        commands, ctx = self._batch_call(txs, write, with_ids=len(txs) < PER_TX_BELOW)
-        return self._batch_result(ctx, self._run([commands])[0])
+        return self._batch_call(txs, write, with_ids=len(txs) < PER_TX_BELOW)
 
     def _batch_call(self, txs: TxColumns, write: bool, with_ids: bool = False) -> tuple[list[tuple], _Call]:
         """The commands of one call for transactions in time order (numpy per entity column; Python only per

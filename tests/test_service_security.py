@@ -205,10 +205,10 @@ def test_one_bad_transaction_fails_only_itself() -> None:
                 "customer_id": customer, "terminal_id": f"t-{i}", "tx_amount": amount}
 
     class Fragile(Scorer):  # as the one-by-one path does: any chunk holding the poisoned customer fails
-        def score(self, txs, reasons=True):
+        async def score_async(self, txs, reasons=True):
             if len(txs) > 1 and any(t["customer_id"] == "poisoned" for t in txs):
                 raise OverflowError("intermediate overflow in fsum")
-            return super().score(txs, reasons)
+            return await super().score_async(txs, reasons)
 
     scorer = Fragile(store=MemoryStore())
     scorer.load()
@@ -390,7 +390,7 @@ def test_livez_answers_during_a_redis_stall(monkeypatch) -> None:
             t0 = time.monotonic()
             for t in scoring:
                 t.start()
-            time.sleep(0.2)  # the drain is now waiting for Redis on the scoring thread
+            time.sleep(0.2)  # the drain is now awaiting Redis, off the event loop
             latencies = []
             for _ in range(5):
                 s = time.perf_counter()
