@@ -14,8 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import require_service
+from conftest import require_service
 
 PY = sys.executable
 
