@@ -25,7 +25,7 @@ afterwards if at all (``_ids``); a small call (a ``/score`` drain, the stream wo
 the same ``MGET``. No replica keeps state of its own, so any number of them share one Redis and each sees
 every other's writes at once. (Per-process copies of the histories, the script sending only what a copy
 lacks, were tried: at the benchmark's history lengths the script's reads of the tails and the Python per
-entity cost more than the bytes they saved, README "Speed".)
+entity cost more than the bytes they saved, benchmarks/README.md "Speed".)
 
 Why this layout (measured on the project's 2-core VM, Redis 7.0): a history as a list of "time|amount|id"
 strings cost Python a parse per entry and Lua an argument and a push per entry; as bytes, an entity's
@@ -272,8 +272,8 @@ class RedisStore(OnlineStore):
         # worker) while it runs (~3 µs a transaction) and its reply must come within socket_timeout, so
         # larger batches go in several calls. A call reads every entity it touches whole, once, so the
         # larger the call the fewer histories read per transaction: a maximum bulk request (10,000) in one
-        # call scored 112-131k tx/s where calls of 5,000 scored 87-98k (README "Speed"), for ~35 ms of
-        # Redis at a time. Lower it where bulk jobs share a Redis with latency-bound online scoring.
+        # call scored 112-131k tx/s where calls of 5,000 scored 87-98k (benchmarks/README.md "Speed"), for
+        # ~35 ms of Redis at a time. Lower it where bulk jobs share a Redis with latency-bound online scoring.
         self.max_call_txs = int(os.environ.get("FRAUD_REDIS_CALL_TXS", DEFAULT_CALL_TXS))
         self._lock = threading.Lock()
         self._conn = None  # the store's own connection for its calls, used under _lock (see _run)

@@ -6,7 +6,7 @@ labels, and detector state. Everything is picklable: the worker checkpoints it, 
 
 Candidates are compared by ``benchmarks/bench_adaptation.py`` (``streaming.adaptation``): average precision
 on the worker's delayed-label stream, recovery after an injected drift, and the cost of a predict + learn.
-``DEFAULT_MODEL`` is the pick; the figures are in ``README.md (Streaming)``.
+``DEFAULT_MODEL`` is the pick; the figures are in ``benchmarks/README.md`` (Streaming).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ CANDIDATES: dict[str, tuple[Callable[[], Any], float]] = {
 }
 # Plain scaled logistic regression: on the drift benchmark class weights (x10) and under-sampling lower AP
 # (it ranks; weights move the scores, not the order, and a weighted fraud makes larger, noisier steps), the
-# adaptive tree costs 7x and the forest 25x per event for no better recovery. See README.md (Streaming).
+# adaptive tree costs 7x and the forest 25x per event for no better recovery (benchmarks/README.md,
+# Streaming).
 DEFAULT_MODEL = "logreg"
 
 ROLLING_WINDOW = 5000  # labels kept for rolling metrics

@@ -22,7 +22,7 @@ from ml.training.training_set import Frame, TrainingData
 class XGBParams:
     # The best validation AP on the book's week (D = 2018-08-08, 23 features) of the grid tried: depth 4-6,
     # min_child_weight 1-5, eta 0.05-0.1 (28d: 0.7497 vs 0.7421 for depth 4 / mcw 5 / eta 0.1, the 18-feature
-    # pick; README.md (Training)). A lower eta needs more rounds; early stopping picks how many.
+    # pick; benchmarks/README.md (Training)). A lower eta needs more rounds; early stopping picks how many.
     max_depth: int = 6
     learning_rate: float = 0.05
     n_rounds: int = 600
@@ -46,7 +46,7 @@ class XGBParams:
     # Recency weighting: a row's weight halves every this many days of age (counted back from the newest
     # labelled row). None = all rows equal (the daily default). After a drift alarm the few days that show
     # the new behaviour are outnumbered by weeks of old ones; a short half-life lets them count
-    # (orchestration/drift_demo.py, README.md (Monitoring)).
+    # (orchestration/drift_demo.py, benchmarks/README.md (Monitoring)).
     recency_half_life_days: float | None = None
 
 
