@@ -26,7 +26,7 @@ bench: venv
 
 drift-demo: venv
 	mkdir -p $(DAGSTER_HOME)
-	$(PY) -m orchestration.drift_demo
+	$(PY) -m benchmarks.drift_loop
 
 ui: venv
 	mkdir -p $(DAGSTER_HOME)

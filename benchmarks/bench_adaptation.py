@@ -1,9 +1,9 @@
 """Adaptation to injected drift: River candidates vs the frozen XGBoost champion, daily AP after the onset.
 
 A simulation with drift (card testing, a pattern the champion never saw, plus a shift of genuine spending;
-see ml.simulate) is replayed through the stream worker; every River candidate runs the worker's delayed-label
-protocol on the same feature vectors (streaming.adaptation). Writes benchmarks/results/adaptation.json and
-adaptation.png; the pick of ``streaming.river_model.DEFAULT_MODEL`` is read from this table.
+see ml.data.simulate) is replayed through the stream worker; every River candidate runs the worker's delayed-label
+protocol on the same feature vectors (benchmarks.adaptation). Writes benchmarks/results/adaptation.json and
+adaptation.png; the pick of ``ml.online.river_model.DEFAULT_MODEL`` is read from this table.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     import pandas as pd
 
-    from ml.simulate import SimulationConfig, simulate
-    from streaming.adaptation import adaptation_report
-    from streaming.river_model import LEARNING_RATE, logreg_with
+    from benchmarks.adaptation import adaptation_report
+    from ml.data.simulate import SimulationConfig, simulate
+    from ml.online.river_model import LEARNING_RATE, logreg_with
 
     n_days = int(os.environ.get("BENCH_ADAPT_DAYS", "70"))
     drift_day = int(os.environ.get("BENCH_ADAPT_DRIFT_DAY", "35"))

@@ -1,10 +1,10 @@
-"""Drift loop figures: runs the drift demo (``orchestration.drift_demo``), which writes results/drift.json."""
+"""Drift loop figures: runs the drift demo (``benchmarks.drift_loop``), which writes results/drift.json."""
 
 from __future__ import annotations
 
 
 def main() -> None:
-    from orchestration.drift_demo import main as demo
+    from benchmarks.drift_loop import main as demo
 
     demo([])
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import duckdb
 
-from ml.ingest import land
-from ml.simulate import SimulationConfig, simulate, write_transactions
+from ml.data.ingest import land
+from ml.data.simulate import SimulationConfig, simulate, write_transactions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

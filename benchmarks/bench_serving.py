@@ -334,7 +334,7 @@ def _run_pair(workers: int, booster_file: Path, tmp: Path, redis_url: str, laten
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        from streaming.redis_store import RedisStore
+        from ml.online.redis_store import RedisStore
 
         RedisStore(redis_url, prefix=prefix).clear()
     return out

@@ -44,12 +44,13 @@ def train_champion(df, settings, days: int = 10):
     import xgboost as xgb
 
     from ml.features.spec import FEATURE_NAMES
+    from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Champion, Sink, Worker, build_store
+    from streaming.worker import Champion, Sink, Worker
 
     cut = df["tx_datetime"].min() + np.timedelta64(days, "D")
     head = df[df["tx_datetime"] < cut]
-    w = Worker(ReplaySource(head), Sink(), build_store(settings), settings, restore=False,
+    w = Worker(ReplaySource(head), Sink(), make_store(settings), settings, restore=False,
                checkpoint_dir=settings.data_dir / "warmup-ckpt", checkpoint_every=10**9,
                checkpoint_interval_s=1e9)
     w.run()
@@ -62,10 +63,11 @@ def train_champion(df, settings, days: int = 10):
 
 
 def run_embedded(df, settings, champion, rate: float | None = None, tag: str = "") -> tuple[dict, object]:
+    from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
-    store = build_store(settings, redis_prefix=f"bench-stream-{tag}:")
+    store = make_store(settings, prefix=f"bench-stream-{tag}:")
     w = Worker(ReplaySource(df, rate=rate), Sink(), store, settings, champion=champion, restore=False,
                freeze_gc=True,
                checkpoint_dir=settings.data_dir / f"ckpt-embedded-{rate}-{tag}")
@@ -88,7 +90,7 @@ def bare_river(worker, df) -> float:
     Same model (pipeline and class weight) as the worker's, without features, joins, champion or I/O.
     """
     from ml.features.spec import FEATURE_NAMES
-    from streaming.river_model import CANDIDATES
+    from ml.online.river_model import CANDIDATES
 
     fraud = dict(zip(df["transaction_id"].astype(str), df["tx_fraud"].astype(int), strict=True))
     ids, X = worker.pending_vectors()
@@ -112,15 +114,16 @@ def _publish(path: Path, bootstrap: str, *args: str) -> list[str]:
 
 def run_kafka_bulk(path: Path, settings, champion, total: int) -> dict:
     """Publish everything first, then time the worker draining the topics."""
+    from ml.online.factory import make_store
     from streaming.broker import running_broker
     from streaming.kafka_io import ensure_topics
     from streaming.sources import KafkaSource
-    from streaming.worker import KafkaSink, Worker, build_store
+    from streaming.worker import KafkaSink, Worker
 
     with running_broker() as broker:
         ensure_topics(broker.bootstrap)
         subprocess.run(_publish(path, broker.bootstrap), check=True, capture_output=True)
-        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), build_store(settings),
+        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), make_store(settings),
                    settings, champion=champion, restore=False, freeze_gc=True,
                    checkpoint_dir=settings.data_dir / "ckpt-kafka-bulk")
         try:
@@ -132,16 +135,17 @@ def run_kafka_bulk(path: Path, settings, champion, total: int) -> dict:
 
 def run_kafka_latency(path: Path, settings, champion) -> dict:
     """Warm up on the first events (unpaced), then publish the next ones at 2,000 events/s and measure."""
+    from ml.online.factory import make_store
     from streaming.broker import running_broker
     from streaming.kafka_io import ensure_topics
     from streaming.sources import KafkaSource
-    from streaming.worker import KafkaSink, Worker, build_store
+    from streaming.worker import KafkaSink, Worker
 
     with running_broker() as broker:
         ensure_topics(broker.bootstrap)
         subprocess.run(_publish(path, broker.bootstrap, "--limit", str(WARMUP_EVENTS)), check=True,
                        capture_output=True)
-        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), build_store(settings),
+        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), make_store(settings),
                    settings, champion=champion, restore=False, freeze_gc=True,
                    checkpoint_dir=settings.data_dir / "ckpt-kafka-paced")
         try:
@@ -177,7 +181,7 @@ def _redis_up(url: str) -> bool:
 def main() -> None:
     import pandas as pd
 
-    from ml.simulate import SimulationConfig, simulate
+    from ml.data.simulate import SimulationConfig, simulate
 
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))

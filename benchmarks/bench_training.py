@@ -1,7 +1,7 @@
 """Model-quality bar: the book's protocol on the project's simulator with the book's default parameters.
 
 Training day D = 2018-08-08: rows up to 2018-07-31 (labels known at D with the 7-day delay), test
-2018-08-08..14, cards known compromised removed (ml.evaluation). Target: beat the book's best XGBoost,
+2018-08-08..14, cards known compromised removed (ml.training.metrics). Target: beat the book's best XGBoost,
 AUC ROC 0.869, AP 0.687, CP@100 0.303; a 28-day window (21 train + 7 validation, refit on both) fitted in
 <= 15 s. The headline figures are those of the window (28 or 56 days) with the higher validation AP, with a
 5-seed spread. Writes benchmarks/results/training.json.

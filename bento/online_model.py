@@ -27,7 +27,7 @@ def checkpoint_path(data_dir: Path) -> Path:
 
 def load_river_checkpoint(data_dir: Path) -> Any | None:
     """The checkpoint's River model, or None if there is none; raises if it cannot be loaded (refused)."""
-    from streaming.checkpoint import load_model  # the streaming stage's reader of its own format
+    from ml.online.checkpoint import load_model  # the streaming stage's reader of its own format
 
     return load_model(checkpoint_path(data_dir))
 
@@ -37,7 +37,7 @@ def river_opinion(model: Any | None, features: dict[str, float]) -> float | None
     if model is None:
         return None
     try:
-        if hasattr(model, "predict"):  # streaming.river_model.OnlineModel
+        if hasattr(model, "predict"):  # ml.online.river_model.OnlineModel
             return float(model.predict(features))
         proba = model.predict_proba_one(features)  # a bare River classifier
         return float(proba.get(1, proba.get(True, 0.0)))
@@ -52,7 +52,7 @@ def river_opinions(model: Any | None, rows: np.ndarray, names: Sequence[str]) ->
     other models, and a batch it cannot answer, go row by row."""
     if model is None:
         return [None] * len(rows)
-    inner = getattr(model, "model", model)  # streaming.river_model.OnlineModel wraps the River estimator
+    inner = getattr(model, "model", model)  # ml.online.river_model.OnlineModel wraps the River estimator
     if len(rows) > 1 and hasattr(inner, "predict_proba_many"):
         try:
             import pandas as pd

@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from ml.contract import MAX_ID_LEN, Amount, ContractError, EntityId, Timestamp, check_identifier, limits
-from ml.features.batch import TxColumns
-from ml.features.online import EPOCH, ONE_US, WINDOW_ENTITIES, TxEvent
+from ml.features.per_transaction import EPOCH, ONE_US, WINDOW_ENTITIES, TxEvent
+from ml.features.vectorised import TxColumns
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENTITY_FIELDS = tuple(WINDOW_ENTITIES)
@@ -50,7 +50,7 @@ class Transaction(BaseModel):
     tx_amount: Amount
 
     def as_event(self) -> TxEvent:
-        """The normalised event the online features take (``ml.features.online.tx_event``, without a dict)."""
+        """The normalised event the online features take (``ml.features.per_transaction.tx_event``, without a dict)."""
         t = self.tx_datetime  # naive UTC (ml.contract.Timestamp)
         entities = {e: getattr(self, e) for e in _ENTITY_FIELDS}
         return TxEvent(self.transaction_id, (t - EPOCH) // ONE_US, entities, self.tx_amount, t)

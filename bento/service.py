@@ -47,8 +47,8 @@ from bento.schemas import (
     Transaction,
     TransactionColumns,
 )
-from bento.scoring import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
-from streaming.online_store import StoreUnavailable
+from bento.scorer import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
+from ml.online.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

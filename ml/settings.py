@@ -21,7 +21,7 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    # "simulator" generates data with ml.simulate; "file" reads FRAUD_SOURCE_PATH (CSV or Parquet).
+    # "simulator" generates data with ml.data.simulate; "file" reads FRAUD_SOURCE_PATH (CSV or Parquet).
     source: str
     source_path: Path | None
     start_date: str

@@ -37,8 +37,8 @@ MIN_KEY_LEN = 32
 
 # What a platform pickle may name (checkpoints: River models and detectors, the stream state): classes of
 # these modules (and their submodules), and the few numpy/copyreg functions that rebuild arrays and objects.
-ALLOWED_MODULES = ("river", "streaming.river_model", "streaming.events", "streaming.checkpoint",
-                   "streaming.online_store", "streaming.history_buffer", "ml.features", "collections",
+ALLOWED_MODULES = ("river", "ml.online.river_model", "ml.events", "ml.online.checkpoint",
+                   "ml.online.store", "ml.online.history_buffer", "ml.features", "collections",
                    "datetime", "random", "functools", "_collections", "_functools", "_random", "_datetime")
 REFUSED_MODULES = ("river.datasets", "river.stream", "river.api")  # readers of files and URLs
 ALLOWED_GLOBALS = frozenset({

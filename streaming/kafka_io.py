@@ -1,6 +1,6 @@
 """Kafka plumbing: topic creation, a batching producer, and an assign()-based consumer.
 
-Topics (``streaming.events``): ``transactions``, ``labels`` in; ``scores``, ``dead-letter``, ``drift`` out.
+Topics (``ml.events``): ``transactions``, ``labels`` in; ``scores``, ``dead-letter``, ``drift`` out.
 The worker assigns partitions itself and keeps offsets in its own checkpoint (with the River model and the
 online store position), so it needs no consumer-group coordination; offsets are also committed to the group
 ``fraud-worker`` for lag monitoring only.
@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from streaming.events import (
+from ml.events import (
     TOPIC_DEAD_LETTER,
     TOPIC_DRIFT,
     TOPIC_LABELS,

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ml.contract import MAX_ID_LEN, limits, to_utc_naive
-from streaming.events import TOPIC_LABELS, TOPIC_TRANSACTIONS
+from ml.events import TOPIC_LABELS, TOPIC_TRANSACTIONS
 
 REPLAY_PARTITION = "replay:0"
 
@@ -81,11 +81,11 @@ def load_transactions(path: Path | None = None, warehouse: Path | None = None,
                       start: str | None = None, end: str | None = None) -> pd.DataFrame:
     """Transactions (with tx_fraud, label_time when known) from a file or the warehouse.
 
-    The warehouse is read through the features snapshot (``ml.warehouse``): the transactions of the last
+    The warehouse is read through the features snapshot (``ml.data.warehouse``): the transactions of the last
     feature build, without holding the warehouse (a dbt build may run meanwhile)."""
     lo, hi = _bound(start, "--start"), _bound(end, "--end")
     if warehouse is not None:
-        from ml.warehouse import features_connection, time_range
+        from ml.data.warehouse import features_connection, time_range
 
         where, params = time_range(lo, hi)
         sql = ("select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud, "
@@ -146,7 +146,7 @@ class Timeline:
     Every event is validated exactly as a Kafka message is: a row whose normalised values surely pass the
     contract travels as a trusted dict (those checks run here on whole columns, so replay stays fast); any
     other row travels as it is, untrusted, and the worker parses it with the same functions as a Kafka
-    message (``streaming.events``), which accept it or dead-letter it with the reason.
+    message (``ml.events``), which accept it or dead-letter it with the reason.
     """
 
     def __init__(self, df: pd.DataFrame):

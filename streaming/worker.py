@@ -9,7 +9,7 @@ join it with the stored vector and let River learn on exactly what it predicted 
 the error streams of both models emit drift events.
 
 Delivery (see README.md (Streaming)): the River model, detectors, join state, buffered labels, the in-process
-store and the source offsets are checkpointed together (``streaming.checkpoint``). Outputs are flushed
+store and the source offsets are checkpointed together (``ml.online.checkpoint``). Outputs are flushed
 before each checkpoint; after a crash the worker restarts from the checkpoint's offsets, so events after
 it are processed again: the store applies them idempotently by ``transaction_id`` (Redis) or is restored
 with the checkpoint (memory), River learns each label once, and score events may repeat (at least once;
@@ -38,11 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.features.online import WINDOW_ENTITIES, TxEvent, compute_features, from_us, to_us, tx_event
-from ml.features.spec import FEATURE_NAMES
-from streaming import checkpoint as ckpt
-from streaming.checkpoint import OP_PENDING
-from streaming.events import (
+from ml.events import (
     MAX_REASON,
     TOPIC_DEAD_LETTER,
     TOPIC_DRIFT,
@@ -55,9 +51,13 @@ from streaming.events import (
     parse_label,
     parse_transaction,
 )
-from streaming.online_features import OnlineFeatures
-from streaming.online_store import Label
-from streaming.river_model import OnlineModel, make_model
+from ml.features.per_transaction import WINDOW_ENTITIES, TxEvent, compute_features, from_us, to_us, tx_event
+from ml.features.spec import FEATURE_NAMES
+from ml.online import checkpoint as ckpt
+from ml.online.checkpoint import OP_PENDING
+from ml.online.features import OnlineFeatures
+from ml.online.river_model import OnlineModel, make_model
+from ml.online.store import Label
 from streaming.sources import EventSource, Message
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,6 @@ DAY_US = 86_400_000_000
 # A pending transaction's feature vector is kept packed (float64, spec order): a checkpoint pickles one
 # bytes object per transaction instead of a tuple of floats (3x faster), and it takes a third of the memory.
 VECTOR = struct.Struct(f"<{len(FEATURE_NAMES)}d")
-# The Redis store keeps this much history beyond the longest window, so a transaction replayed after a
-# crash (up to a checkpoint interval of event time late) still reads the window it read the first time.
-REPLAY_MARGIN = timedelta(days=2)
 LATENCY_WINDOW = 1_000_000
 FOLD_MIN_OPS, FOLD_FACTOR = 500_000, 4  # change-log compaction (see Worker.checkpoint)
 # Events per store call: a restart can release tens of thousands of buffered labels at once, and one Redis
@@ -234,20 +231,6 @@ class WorkerStats:
         return self.counters() | {"p50_ms": pct[0], "p99_ms": pct[1]}
 
 
-def build_store(settings, redis_prefix: str | None = None):
-    """The configured online store; Redis keeps ``REPLAY_MARGIN`` more history (see above)."""
-    from streaming.online_store import MemoryStore
-    from streaming.redis_store import RedisStore
-
-    if settings.online_store == "memory":
-        return MemoryStore()
-    if settings.online_store == "redis":
-        entities = {e: lb + REPLAY_MARGIN for e, lb in WINDOW_ENTITIES.items()}
-        kwargs = {"prefix": redis_prefix} if redis_prefix else {}
-        return RedisStore(settings.redis_url, entities=entities, **kwargs)
-    raise ValueError(f"unknown online store {settings.online_store!r} (expected 'memory' or 'redis')")
-
-
 class Worker:
     def __init__(self, source: EventSource, sink: Sink, store, settings, champion: Champion | None = None,
                  model: OnlineModel | None = None, checkpoint_dir: Path | None = None,
@@ -283,7 +266,7 @@ class Worker:
         self._since_ckpt = 0
         self._ckpt_wall = time.monotonic()
         self._ckpt_event_us = 0
-        # Change log since the last checkpoint (see streaming.checkpoint); store ops only for the in-process
+        # Change log since the last checkpoint (see ml.online.checkpoint); store ops only for the in-process
         # store (Redis keeps its own state).
         self.changes = ckpt.ChangeLog()
         self._log_store = not self._external_store
@@ -727,5 +710,5 @@ def _canonical(obj: Any, depth: int = 0) -> Any:
     return repr(obj)
 
 
-__all__ = ["Champion", "KafkaSink", "Sink", "Worker", "WorkerStats", "build_store", "load_champion",
+__all__ = ["Champion", "KafkaSink", "Sink", "Worker", "WorkerStats", "load_champion",
            "model_state"]

@@ -46,8 +46,8 @@ def private_redis_store(name: str):
     """A RedisStore under a fresh key prefix (the caller clears it); Redis missing -> require_service."""
     import uuid
 
-    from streaming.online_store import StoreUnavailable
-    from streaming.redis_store import RedisStore
+    from ml.online.redis_store import RedisStore
+    from ml.online.store import StoreUnavailable
 
     store = RedisStore(prefix=f"test-{name}:{uuid.uuid4().hex}:")
     try:

@@ -1,4 +1,4 @@
-"""The batch rendering of the spec (``ml.features.batch``) gives every transaction the features the
+"""The batch rendering of the spec (``ml.features.vectorised``) gives every transaction the features the
 per-transaction path gives it one at a time, on both stores.
 
 Random streams with what makes the fast path step aside: same-instant peers (ids that sort either way),
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from conftest import private_redis_store
 
-from ml.features import batch as batch_features
-from ml.features.online import compute_features, tx_event
+from ml.features import vectorised as batch_features
+from ml.features.per_transaction import compute_features, tx_event
 from ml.features.spec import FEATURE_NAMES
-from streaming.online_features import OnlineFeatures
-from streaming.online_store import Label, MemoryStore
-from streaming.redis_store import RedisStore
+from ml.online.features import OnlineFeatures
+from ml.online.redis_store import RedisStore
+from ml.online.store import Label, MemoryStore
 
 T0 = datetime(2018, 4, 2)
 D = timedelta(days=1)

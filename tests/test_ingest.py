@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from ml.ingest import OUTSIDE, land
+from ml.data.ingest import OUTSIDE, land
 
 GOOD = [
     ("t1", "2018-04-01 10:00:00", "c1", "m1", "10.5", "0"),

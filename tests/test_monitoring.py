@@ -97,18 +97,19 @@ def test_repeated_drift_events_count_once(tmp_path: Path) -> None:
     import dataclasses
     from datetime import datetime
 
+    from ml.events import DriftEvent
     from ml.monitoring.daily import read_stream_events
     from ml.monitoring.decisions import decide, stream_signal
     from ml.monitoring.thresholds import DriftThresholds
+    from ml.online.factory import make_store
     from ml.settings import get_settings
-    from streaming.events import DriftEvent
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     settings = dataclasses.replace(get_settings(), data_dir=tmp_path, online_store="memory")
     w = Worker(ReplaySource(pd.DataFrame(columns=["transaction_id", "tx_datetime", "customer_id",
                                                    "terminal_id", "tx_amount"])),
-               Sink(), build_store(settings), settings, restore=False)
+               Sink(), make_store(settings), settings, restore=False)
     first = DriftEvent(time=datetime(2018, 5, 1, 10), detector="ADWIN", stream="river_error",
                        details={"labels_learned": 100})
     second = DriftEvent(time=datetime(2018, 5, 1, 11), detector="ADWIN", stream="river_error",

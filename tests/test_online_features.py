@@ -18,10 +18,10 @@ import pytest
 from conftest import private_redis_store  # pytest imports tests/conftest.py as `conftest`
 
 from ml.features.spec import FEATURE_NAMES
+from ml.online.features import OnlineFeatures
+from ml.online.parity import replay_parity
+from ml.online.store import MemoryStore
 from ml.settings import PROJECT_ROOT
-from streaming.online_features import OnlineFeatures
-from streaming.online_store import MemoryStore
-from streaming.parity import replay_parity
 
 T0 = datetime(2018, 4, 2, 10, 0, 0)
 D, H, US = timedelta(days=1), timedelta(hours=1), timedelta(microseconds=1)
@@ -167,20 +167,15 @@ def test_redis_batches_equal_one_by_one() -> None:
     assert batched[15] == pytest.approx(batched[13], abs=1e-9)  # idempotent re-delivery
 
 
-def test_redis_script_reloaded_after_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_script_reloaded_after_flush() -> None:
     """The batch script runs on the store's own connection: a Redis that lost its scripts (restart, SCRIPT
-    FLUSH) gets it loaded again, and the call's features are those of the in-process store (with the
-    reply polled for, FRAUD_REDIS_POLL_US, which is off by default)."""
-    from streaming.redis_polling import PollingConnection
-
-    monkeypatch.setattr(PollingConnection, "poll_s", 0.001)
+    FLUSH) gets it loaded again, and the call's features are those of the in-process store."""
     store = private_redis_store("noscript")
     txs = [_tx(f"s{k}", T0 + k * H, cust="C1", term="T1", amount=10.0 + k) for k in range(4)]
     try:
         first = OnlineFeatures(store).score_matrix(txs[:2])
         store.client.script_flush()
         second = OnlineFeatures(store).score_matrix(txs[2:])
-        assert isinstance(store._conn, PollingConnection)  # the connection that polls
     finally:
         store.clear()
     single = OnlineFeatures(MemoryStore())

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from conftest import private_redis_store  # pytest imports tests/conftest.py as `conftest`
 
-from streaming.online_store import MemoryStore
-from streaming.parity import replay_parity
+from ml.online.parity import replay_parity
+from ml.online.store import MemoryStore
 
 DAYS = 3  # compared days (after a warm-up of the longest lookback), enough to cover every window
 

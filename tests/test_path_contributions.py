@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from bento.path_contributions import PathContributions
+from bento.explanations import PathContributions
 
 
 @pytest.mark.parametrize("params", [

@@ -165,9 +165,9 @@ def test_gate_rejected_model_needs_force_and_reason_and_every_change_is_audited(
 
 
 def test_service_reload_is_audited(pair: dict) -> None:
-    from bento.scoring import Scorer
+    from bento.scorer import Scorer
     from ml import registry
-    from streaming.online_store import MemoryStore
+    from ml.online.store import MemoryStore
 
     registry.promote(pair["good"]["tag"], "served first")
     scorer = Scorer(store=MemoryStore())

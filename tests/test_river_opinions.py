@@ -9,7 +9,7 @@ import pytest
 
 from bento.online_model import river_opinion, river_opinions
 from ml.features.spec import FEATURE_NAMES
-from streaming.river_model import make_model
+from ml.online.river_model import make_model
 
 
 @pytest.mark.parametrize("name", ["logreg", "logreg_undersample", "hoeffding_adaptive_tree"])

@@ -43,8 +43,8 @@ def test_score_cli_writes_every_transaction(warehouse: Path, tmp_path: Path) -> 
 
 def test_score_on_a_user_file_through_the_whole_pipeline(warehouse: Path, tmp_path: Path) -> None:
     """FRAUD_SOURCE=file: a user's CSV (string ids, no label_time) -> trained champion -> fraud score."""
+    from ml.data.sources import resolve_source
     from ml.settings import get_settings
-    from ml.sources import resolve_source
 
     sim = pd.read_parquet(resolve_source(get_settings(), progress=False))
     cols = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount", "tx_fraud"]

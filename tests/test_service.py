@@ -116,8 +116,8 @@ def test_cold_start_then_history(client) -> None:
     r1 = client.post("/score", json={**TX, "transaction_id": "cold-1", "customer_id": "new-c",
                                      "terminal_id": "new-t"})
     assert r1.status_code == 200, r1.text
-    from bento.scoring import Scorer
-    from streaming.online_store import MemoryStore
+    from bento.scorer import Scorer
+    from ml.online.store import MemoryStore
 
     scorer = Scorer(store=MemoryStore())
     feats = scorer.features.score_features({**TX, "tx_datetime": "2018-09-30T12:00:00", "customer_id": "x"})
@@ -211,8 +211,8 @@ def test_concurrent_requests_share_a_drain() -> None:
     applied in arrival order exactly as one by one."""
     import asyncio
 
-    from bento.scoring import MicroBatcher, Scorer
-    from streaming.online_store import MemoryStore
+    from bento.scorer import MicroBatcher, Scorer
+    from ml.online.store import MemoryStore
 
     txs = [{"transaction_id": f"mb-{i}", "tx_datetime": datetime(2018, 9, 30, 12, 0, i),
             "customer_id": "c-mb", "terminal_id": "t-mb", "tx_amount": 10.0 + i} for i in range(20)]
@@ -236,9 +236,9 @@ def test_concurrent_requests_share_a_drain() -> None:
 
 def test_river_opinion_when_a_checkpoint_exists(client) -> None:
     """With a River checkpoint from the streaming worker, /score carries the online model's opinion."""
+    from ml.online.checkpoint import Checkpoint, save
+    from ml.online.river_model import OnlineModel
     from ml.settings import get_settings
-    from streaming.checkpoint import Checkpoint, save
-    from streaming.river_model import OnlineModel
 
     model = OnlineModel()
     x = {"tx_amount": 10.0, "customer_nb_tx_1d": 1.0}
@@ -493,14 +493,14 @@ def test_bento_packs_the_champion_and_every_module_the_service_imports() -> None
     from bento.champion import MODEL_NAME
 
     # A Redis store is built too (it connects lazily): its modules are imported when the service makes one.
-    listing = ("import sys, bento.service, streaming.redis_store as s; s.RedisStore(prefix='x:'); "
+    listing = ("import sys, bento.service, ml.online.redis_store as s; s.RedisStore(prefix='x:'); "
                "print('\\n'.join(getattr(m, '__file__', None) or '' for m in list(sys.modules.values())))")
     out = subprocess.run([sys.executable, "-c", listing], cwd=PROJECT_ROOT, env=dict(os.environ),
                          capture_output=True, text=True, check=True).stdout.split()
     root = PROJECT_ROOT.resolve()
     imported = {Path(f).resolve().relative_to(root) for f in out
                 if Path(f).resolve().is_relative_to(root) and ".venv" not in Path(f).parts}
-    assert Path("bento/service.py") in imported and Path("streaming/online_store.py") in imported
+    assert Path("bento/service.py") in imported and Path("ml/online/store.py") in imported
     bento = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=str(PROJECT_ROOT))
     try:
         src = Path(bento.path) / "src"
@@ -525,9 +525,9 @@ def test_planted_river_checkpoint_is_not_run_and_the_service_keeps_its_model(mon
     """A pickle planted as latest.pkl, then /reload: refused, never unpickled; the River opinion unchanged."""
     import pickle
 
+    from ml.online.checkpoint import Checkpoint, save
+    from ml.online.river_model import OnlineModel
     from ml.settings import get_settings
-    from streaming.checkpoint import Checkpoint, save
-    from streaming.river_model import OnlineModel
 
     token = f"admin-{uuid.uuid4().hex}"  # /reload is an admin call (FRAUD_ADMIN_TOKEN)
     auth = {"Authorization": f"Bearer {token}"}

@@ -197,8 +197,8 @@ def test_one_bad_transaction_fails_only_itself() -> None:
     """A drain that fails for a reason of one transaction (here: a customer whose state an older version let
     overflow, which fails the one-by-one feature path with OverflowError) is retried one transaction at a
     time: the other requests of the drain are scored, and the state is applied in arrival order."""
-    from bento.scoring import MicroBatcher, Scorer
-    from streaming.online_store import MemoryStore
+    from bento.scorer import MicroBatcher, Scorer
+    from ml.online.store import MemoryStore
 
     def tx(i: int, customer: str, amount: float) -> dict:
         return {"transaction_id": f"iso-{i}", "tx_datetime": datetime(2018, 9, 30, 12, 0, i),
@@ -310,7 +310,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(monkeypatch,
 def test_redis_url_with_a_password(monkeypatch) -> None:
     """A URL with user and password reaches Redis as an ACL login (a user made for the test on the shared
     Redis, limited to its key prefix, deleted after); the password never appears in an answer."""
-    from streaming.redis_store import RedisStore, redact_url
+    from ml.online.redis_store import RedisStore, redact_url
 
     admin = private_redis_store("acl")
     user, password = f"fraud-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex

@@ -101,8 +101,8 @@ def test_unsafe_or_short_keys_are_refused(tmp_path: Path, monkeypatch) -> None:
 
 def _chain(directory: Path) -> None:
     """A checkpoint with a base and one delta (a change-log op)."""
-    from streaming import checkpoint as ckpt
-    from streaming.river_model import make_model
+    from ml.online import checkpoint as ckpt
+    from ml.online.river_model import make_model
 
     c = ckpt.Checkpoint(model=make_model(), position={"transactions:0": 5})
     ckpt.save(directory, c)
@@ -114,8 +114,8 @@ def _chain(directory: Path) -> None:
 
 
 def test_signed_checkpoint_round_trip_and_files_are_signed(tmp_path: Path) -> None:
+    from ml.online import checkpoint as ckpt
     from ml.signing import is_signed
-    from streaming import checkpoint as ckpt
 
     _chain(tmp_path)
     names = sorted(p.name for p in tmp_path.glob("*.pkl"))
@@ -129,8 +129,8 @@ def test_signed_checkpoint_round_trip_and_files_are_signed(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("name", ["latest.pkl", "delta-00000002.pkl", "base-00000000.pkl"])
 def test_planted_pickle_is_never_unpickled(tmp_path: Path, name: str, caplog) -> None:
+    from ml.online import checkpoint as ckpt
     from ml.signing import dumps, load_key
-    from streaming import checkpoint as ckpt
 
     directory, marker = tmp_path / "river", tmp_path / "pwned"
     _chain(directory)
@@ -151,7 +151,7 @@ def test_planted_pickle_is_never_unpickled(tmp_path: Path, name: str, caplog) ->
 
 
 def test_tampered_byte_and_swapped_or_old_files_are_refused(tmp_path: Path) -> None:
-    from streaming import checkpoint as ckpt
+    from ml.online import checkpoint as ckpt
 
     _chain(tmp_path)
     delta = tmp_path / "delta-00000002.pkl"
@@ -176,8 +176,8 @@ def test_tampered_byte_and_swapped_or_old_files_are_refused(tmp_path: Path) -> N
 
 def test_worker_cli_refuses_a_tampered_checkpoint_with_a_clear_message(tmp_path: Path, monkeypatch) -> None:
     from ml.cli import main
-    from ml.simulate import SimulationConfig, simulate
-    from streaming import checkpoint as ckpt
+    from ml.data.simulate import SimulationConfig, simulate
+    from ml.online import checkpoint as ckpt
 
     monkeypatch.setenv("FRAUD_DATA_DIR", str(tmp_path))
     marker = tmp_path / "pwned"
@@ -198,8 +198,8 @@ def test_worker_cli_refuses_a_tampered_checkpoint_with_a_clear_message(tmp_path:
 
 def test_river_watcher_keeps_its_model_on_a_planted_file(tmp_path: Path, caplog) -> None:
     from bento.online_model import RiverWatcher, checkpoint_path
-    from streaming import checkpoint as ckpt
-    from streaming.river_model import make_model
+    from ml.online import checkpoint as ckpt
+    from ml.online.river_model import make_model
 
     marker = tmp_path / "pwned"
     ckpt.save(checkpoint_path(tmp_path).parent, ckpt.Checkpoint(model=make_model(), position={}))
@@ -223,8 +223,8 @@ def test_river_watcher_keeps_its_model_on_a_planted_file(tmp_path: Path, caplog)
 def test_river_snapshot_asset_fails_on_a_planted_checkpoint(tmp_path: Path, monkeypatch) -> None:
     import dagster as dg
 
+    from ml.online import checkpoint as ckpt
     from orchestration.assets.streaming import river_snapshot
-    from streaming import checkpoint as ckpt
 
     monkeypatch.setenv("FRAUD_DATA_DIR", str(tmp_path))
     marker = tmp_path / "pwned"

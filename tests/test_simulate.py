@@ -1,4 +1,4 @@
-"""Tests of ml.simulate (small configs, seconds in all)."""
+"""Tests of ml.data.simulate (small configs, seconds in all)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from ml.cli_simulate import simulate as simulate_cmd
-from ml.simulate import (
+from ml.cli.simulate import simulate as simulate_cmd
+from ml.data.simulate import (
     COLUMNS,
     DTYPES,
     SimulationConfig,

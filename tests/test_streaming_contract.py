@@ -30,7 +30,7 @@ def broker():
 
 @pytest.fixture(scope="module")
 def tiny() -> pd.DataFrame:
-    from ml.simulate import SimulationConfig, simulate
+    from ml.data.simulate import SimulationConfig, simulate
 
     return simulate(SimulationConfig(n_customers=40, n_terminals=80, n_days=10, seed=11), progress=False)
 
@@ -67,7 +67,7 @@ def _clear(store) -> None:
     ({"terminal_id": True}, "terminal_id", "valid string"),
 ])
 def test_transaction_contract(change: dict, field: str, why: str) -> None:
-    from streaming.events import EventError, parse_transaction
+    from ml.events import EventError, parse_transaction
 
     with pytest.raises(EventError) as err:
         parse_transaction(json.dumps(GOOD_TX | change).encode())
@@ -76,7 +76,7 @@ def test_transaction_contract(change: dict, field: str, why: str) -> None:
 
 
 def test_event_normalisation_and_labels() -> None:
-    from streaming.events import EventError, parse_label, parse_transaction
+    from ml.events import EventError, parse_label, parse_transaction
 
     tx = parse_transaction(json.dumps(GOOD_TX | {"tx_datetime": "2018-04-01T12:00:00+02:00",
                                                  "customer_id": 42}).encode())
@@ -99,7 +99,7 @@ def test_event_normalisation_and_labels() -> None:
 def test_replay_trusts_only_what_the_parser_accepts(tiny: pd.DataFrame) -> None:
     """Replay validates exactly as Kafka: each trusted event is what the parser makes of it, and each
     untrusted one gets the same verdict from its dict (replay) as from its JSON (the Kafka message)."""
-    from streaming.events import EventError, parse_label, parse_transaction
+    from ml.events import EventError, parse_label, parse_transaction
     from streaming.kafka_io import encode
     from streaming.sources import Timeline
 
@@ -148,8 +148,9 @@ def test_replay_trusts_only_what_the_parser_accepts(tiny: pd.DataFrame) -> None:
 
 def test_replay_dead_letters_bad_labels_and_whitespace_ids(tiny: pd.DataFrame, tmp_path: Path) -> None:
     """Labels 2, -1 and 0.6 are refused as in Kafka mode (not learnt as fraud); whitespace ids too."""
+    from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     df = tiny.copy()
     df["transaction_id"] = df["transaction_id"].astype(str)
@@ -161,7 +162,7 @@ def test_replay_dead_letters_bad_labels_and_whitespace_ids(tiny: pd.DataFrame, t
     df.loc[6, "transaction_id"] = "   "
     df.loc[7, "customer_id"] = "\t"
     settings = _settings(tmp_path)
-    w = Worker(ReplaySource(df), Sink(tmp_path / "out"), build_store(settings), settings, restore=False)
+    w = Worker(ReplaySource(df), Sink(tmp_path / "out"), make_store(settings), settings, restore=False)
     stats = w.run()
     dead = _dead_letters(tmp_path / "out" / "dead_letter.jsonl")
     label_dead = {d["payload"]: d["reason"] for d in dead if d["source_topic"] == "labels"}
@@ -185,7 +186,7 @@ def test_poisoned_store_state_dead_letters_the_event_not_the_worker(tmp_path: Pa
     """Amounts of 1.5e308 already in Redis (written past the contract, as the attack did through the
     service) make the features of that customer overflow: those transactions are dead-lettered with the
     reason, the others are scored, and the worker does not crash."""
-    from ml.features.online import TxEvent, to_us
+    from ml.features.per_transaction import TxEvent, to_us
     from streaming.sources import ReplaySource
     from streaming.worker import Sink, Worker
 
@@ -215,9 +216,10 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     """A store call that fails while the store is up is retried event by event: only the event at fault is
     dead-lettered, and the state equals a run without it. A store that is down stops the worker instead
     (good events are never dead-lettered for an outage)."""
-    from streaming.online_store import StoreUnavailable
+    from ml.online.factory import make_store
+    from ml.online.store import StoreUnavailable
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store, model_state
+    from streaming.worker import Sink, Worker, model_state
 
     culprit = str(tiny.loc[50, "transaction_id"])
 
@@ -233,7 +235,7 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
         return store
 
     settings = _settings(tmp_path / "a")
-    store = failing(build_store(settings), lambda evs: any(getattr(e, "transaction_id", "") == culprit
+    store = failing(make_store(settings), lambda evs: any(getattr(e, "transaction_id", "") == culprit
                                                            and type(e).__name__ == "TxEvent" for e in evs))
     sink = Sink(tmp_path / "a" / "out")
     w = Worker(ReplaySource(tiny), sink, store, settings, restore=False)
@@ -245,13 +247,13 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     assert stats.transactions == len(tiny) - 1
 
     ref_settings = _settings(tmp_path / "b")
-    ref = Worker(ReplaySource(tiny.drop(index=50)), Sink(), build_store(ref_settings), ref_settings,
+    ref = Worker(ReplaySource(tiny.drop(index=50)), Sink(), make_store(ref_settings), ref_settings,
                  restore=False)
     ref.run()
     assert model_state(w.model) == model_state(ref.model)
 
     down_settings = _settings(tmp_path / "c")
-    down = failing(build_store(down_settings), lambda evs: True)
+    down = failing(make_store(down_settings), lambda evs: True)
 
     def unreachable() -> None:
         raise StoreUnavailable("redis at test: connection refused")
@@ -266,7 +268,7 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
 def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path: Path) -> None:
     """Labels buffered until the end (a backlog, as after a restart) reach the real Redis store in calls of
     at most ``store_chunk`` events; the outcome equals the one-call run."""
-    from streaming.online_store import Label
+    from ml.online.store import Label
     from streaming.sources import ReplaySource
     from streaming.worker import Sink, Worker, model_state
 
@@ -307,7 +309,7 @@ def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_pat
     after them are processed, and a restart from the checkpoint goes on without crashing."""
     from confluent_kafka import Producer
 
-    from streaming.events import MAX_DEAD_PAYLOAD
+    from ml.events import MAX_DEAD_PAYLOAD
     from streaming.kafka_io import ensure_topics, producer_config, read_topic
     from streaming.sources import KafkaSource
     from streaming.worker import KafkaSink, Worker
@@ -413,7 +415,7 @@ def test_cli_dates_must_be_iso(tmp_path: Path) -> None:
     """--start/--end end up in the warehouse query: anything but an ISO date is refused up front."""
     from click.testing import CliRunner
 
-    from ml.cli_stream import publish, worker
+    from streaming.cli import publish, worker
 
     for command in (worker, publish):
         result = CliRunner().invoke(command, ["--from-warehouse", "--start", "2018-01-01' or 1=1 --"])

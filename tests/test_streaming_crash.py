@@ -29,7 +29,7 @@ def _shared_signing_key(monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def small_events(tmp_path_factory) -> Path:
     """~7k transactions (and their labels) of a small simulation, as a Parquet file."""
-    from ml.simulate import SimulationConfig, simulate
+    from ml.data.simulate import SimulationConfig, simulate
 
     path = tmp_path_factory.mktemp("stream") / "tx.parquet"
     config = SimulationConfig(n_customers=150, n_terminals=300, n_days=25, seed=3)
@@ -67,7 +67,7 @@ def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: i
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, f"not killed: rc={out.returncode} {out.stderr[-2000:]}"
     def head(d: Path) -> dict:
-        from streaming.checkpoint import read_head
+        from ml.online.checkpoint import read_head
 
         return read_head(d / "streaming" / "river" / "latest.pkl")
 
@@ -77,7 +77,7 @@ def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: i
 
 
 def _final(data_dir: Path):
-    from streaming import checkpoint as ckpt
+    from ml.online import checkpoint as ckpt
     from streaming.worker import model_state
 
     c = ckpt.load(data_dir / "streaming" / "river")

@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def tiny() -> pd.DataFrame:
-    from ml.simulate import SimulationConfig, simulate
+    from ml.data.simulate import SimulationConfig, simulate
 
     return simulate(SimulationConfig(n_customers=60, n_terminals=120, n_days=12, seed=5), progress=False)
 
@@ -25,15 +25,16 @@ def _settings(tmp: Path):
 
 
 def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFrame, tmp_path: Path) -> None:
+    from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     df = tiny.copy()
     df["tx_amount"] = df["tx_amount"].astype(float)
     df.loc[5, "tx_amount"] = -3.0  # violates the contract
     settings = _settings(tmp_path)
     sink = Sink(tmp_path / "out", keep_scores=True)
-    w = Worker(ReplaySource(df), sink, build_store(settings), settings, restore=False)
+    w = Worker(ReplaySource(df), sink, make_store(settings), settings, restore=False)
     stats = w.run()
     dead = [json.loads(line) for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
     assert any("tx_amount" in d["reason"] and d["source_topic"] == "transactions" for d in dead)
@@ -49,13 +50,14 @@ def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFr
 
 def test_service_reads_river_checkpoint(tiny: pd.DataFrame, tmp_path: Path) -> None:
     from ml.features.spec import FEATURE_NAMES
-    from streaming.checkpoint import load_model, river_dir
+    from ml.online.checkpoint import load_model, river_dir
+    from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     settings = _settings(tmp_path)
     assert load_model(river_dir(settings)) is None
-    w = Worker(ReplaySource(tiny), Sink(), build_store(settings), settings, restore=False)
+    w = Worker(ReplaySource(tiny), Sink(), make_store(settings), settings, restore=False)
     w.run()
     model = load_model(river_dir(settings))
     x = dict.fromkeys(FEATURE_NAMES, 1.0)
@@ -66,10 +68,11 @@ def test_service_reads_river_checkpoint(tiny: pd.DataFrame, tmp_path: Path) -> N
 def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None:
     from confluent_kafka import Producer
 
+    from ml.online.factory import make_store
     from streaming.broker import running_broker
     from streaming.kafka_io import ensure_topics, producer_config, read_topic
     from streaming.sources import KafkaSource
-    from streaming.worker import KafkaSink, Worker, build_store
+    from streaming.worker import KafkaSink, Worker
 
     settings = _settings(tmp_path)
     with running_broker() as broker:
@@ -83,7 +86,7 @@ def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None
         p.produce("labels", json.dumps({"transaction_id": "t1", "tx_fraud": 1,
                                         "label_time": "2018-04-08T10:00:00"}).encode())
         p.flush(10)
-        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), build_store(settings),
+        w = Worker(KafkaSource(broker.bootstrap), KafkaSink(broker.bootstrap), make_store(settings),
                    settings, restore=False)
         try:
             stats = w.run(max_events=4, idle_timeout=5)
@@ -101,13 +104,14 @@ def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None
 def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None:
     import dagster as dg
 
+    from ml.online.factory import make_store
     from ml.settings import get_settings
     from orchestration.assets.streaming import drift_event_sensor, river_snapshot
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     settings = dataclasses.replace(get_settings(), online_store="memory")  # the tests' private data dir
-    w = Worker(ReplaySource(tiny), Sink(), build_store(settings), settings, restore=False)
+    w = Worker(ReplaySource(tiny), Sink(), make_store(settings), settings, restore=False)
     w.run()
     result = dg.materialize([river_snapshot])
     meta = result.asset_materializations_for_node("river_snapshot")[0].metadata
@@ -128,15 +132,16 @@ def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None
 
 def test_adwin_drift_event_once_new_pattern_labels_arrive(tmp_path: Path) -> None:
     """Injected drift (card testing): River's error stream raises a drift event after its first labels."""
-    from ml.simulate import SimulationConfig, simulate
+    from ml.data.simulate import SimulationConfig, simulate
+    from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     df = simulate(SimulationConfig(n_customers=100, n_terminals=200, n_days=24, seed=5, drift_start_day=12,
                                    card_testing_customers_per_day=2), progress=False)
     first_new_label = df.loc[df["tx_fraud_scenario"] == 4, "label_time"].min()
     settings = _settings(tmp_path)
-    w = Worker(ReplaySource(df), Sink(), build_store(settings), settings, restore=False)
+    w = Worker(ReplaySource(df), Sink(), make_store(settings), settings, restore=False)
     stats = w.run()
     events = [json.loads(line) for line in w.drift_file.read_text().splitlines()]
     assert len(events) == stats.drift_events == w.model.drifts

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from ml.evaluation import EvalData, alert_metrics, calibration_bins, card_precision_top_k, evaluate
+from ml.training.metrics import EvalData, alert_metrics, calibration_bins, card_precision_top_k, evaluate
 
 DAY = "2018-05-10"
 

@@ -14,8 +14,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ml.ingest import land
-from ml.warehouse import WarehouseBusy, export_features, features_connection, snapshot_dir
+from ml.data.ingest import land
+from ml.data.warehouse import WarehouseBusy, export_features, features_connection, snapshot_dir
 from streaming.sources import load_transactions
 
 # Holds the warehouse as a writer does (a dbt build, an ingest run) until its stdin closes.
@@ -56,7 +56,7 @@ def small_warehouse(tmp_path: Path) -> Path:
 
 def test_without_snapshot_a_locked_warehouse_is_a_clear_error(small_warehouse: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.cli_stream import _frame
+    from streaming.cli import _frame
 
     monkeypatch.setenv("FRAUD_WAREHOUSE_WAIT_S", "0.3")
     monkeypatch.setenv("FRAUD_WAREHOUSE", str(small_warehouse))

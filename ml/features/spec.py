@@ -1,6 +1,6 @@
 """The feature spec: every feature is declared here once.
 
-``ml.features.sql`` renders it to the dbt models (training data) and ``ml.features.online`` computes it
+``ml.features.sql`` renders it to the dbt models (training data) and ``ml.features.per_transaction`` computes it
 incrementally for serving and streaming. Nothing else defines a feature, so offline and online cannot drift
 apart; ``SPEC_VERSION`` (a hash of this declaration) is recorded with every model.
 

@@ -1,4 +1,4 @@
-"""Score a model on a test window of the warehouse and compute the book's metrics (ml.evaluation)."""
+"""Score a model on a test window of the warehouse and compute the book's metrics (ml.training.metrics)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import xgboost as xgb
 
-from ml.evaluation import EvalData, Metrics, evaluate
+from ml.training.metrics import EvalData, Metrics, evaluate
 from ml.training.train import predict
 from ml.training.training_set import Frame, known_frauds, load_frame
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import xgboost as xgb
 
-from ml.evaluation import threshold_for_budget
 from ml.features.spec import SPEC_VERSION
+from ml.training.metrics import threshold_for_budget
 from ml.training.training_set import Frame, TrainingData
 
 
@@ -46,7 +46,7 @@ class XGBParams:
     # Recency weighting: a row's weight halves every this many days of age (counted back from the newest
     # labelled row). None = all rows equal (the daily default). After a drift alarm the few days that show
     # the new behaviour are outnumbered by weeks of old ones; a short half-life lets them count
-    # (orchestration/drift_demo.py, benchmarks/README.md (Monitoring)).
+    # (benchmarks/drift_loop.py, benchmarks/README.md (Monitoring)).
     recency_half_life_days: float | None = None
 
 

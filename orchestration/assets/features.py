@@ -1,7 +1,7 @@
 """Features stage: the dbt project (staging -> intermediate -> marts) rendered from the feature spec.
 dbt tests become Dagster asset checks on these assets (dagster-dbt's default).
 
-After a successful build the feature mart is exported as a per-day Parquet snapshot (``ml.warehouse``):
+After a successful build the feature mart is exported as a per-day Parquet snapshot (``ml.data.warehouse``):
 batch readers scan it instead of opening the warehouse, so they never block a build nor die on its lock.
 """
 
@@ -28,7 +28,7 @@ FEATURES_TABLE_KEY = dg.AssetKey(["fct_transaction_features"])
 @dbt_assets(manifest=DBT_PROJECT.manifest_path, dagster_dbt_translator=FeatureTranslator())
 def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
                    duckdb: DuckDBResource) -> Iterator[Any]:
-    from ml.warehouse import export_features
+    from ml.data.warehouse import export_features
 
     # Full rebuild: window features need history, and the 183-day build takes seconds.
     yield from dbt.cli(["build"], context=context).stream()

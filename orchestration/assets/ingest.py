@@ -4,9 +4,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ml.contract import to_utc_naive
-from ml.ingest import land
+from ml.data.ingest import land
+from ml.data.sources import resolve_source
 from ml.settings import get_settings
-from ml.sources import resolve_source
 from orchestration.resources import daily_partitions
 
 

@@ -16,8 +16,8 @@ from datetime import timedelta
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ml.data.warehouse import features_connection
 from ml.settings import get_settings
-from ml.warehouse import features_connection
 from orchestration.assets.features import FEATURES_TABLE_KEY
 from orchestration.resources import daily_partitions
 

@@ -12,10 +12,10 @@ import os
 
 import dagster as dg
 
+from ml.online.parity import ParityReport, replay_parity
+from ml.online.redis_store import RedisStore
+from ml.online.store import MemoryStore, StoreUnavailable
 from ml.settings import get_settings
-from streaming.online_store import MemoryStore, StoreUnavailable
-from streaming.parity import ParityReport, replay_parity
-from streaming.redis_store import RedisStore
 
 FEATURES_TABLE = dg.AssetKey(["fct_transaction_features"])
 

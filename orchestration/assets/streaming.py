@@ -24,7 +24,7 @@ def river_snapshot(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     import math
     import time
 
-    from streaming.checkpoint import HEAD, CheckpointRefused, read_head, river_dir
+    from ml.online.checkpoint import HEAD, CheckpointRefused, read_head, river_dir
 
     directory = river_dir(get_settings())
     head = directory / HEAD

@@ -18,9 +18,9 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ml.data.warehouse import features_connection
 from ml.settings import get_settings
 from ml.training.train import XGBParams
-from ml.warehouse import features_connection
 from orchestration.assets.features import FEATURES_TABLE_KEY
 from orchestration.resources import daily_partitions
 
@@ -256,7 +256,7 @@ def _calibration_table(bins: list[dict[str, float]]) -> str:
 
 
 def _removed_mask(window, scores):  # rows the protocol drops (known-compromised cards)
-    from ml.evaluation import known_compromised_mask
+    from ml.training.metrics import known_compromised_mask
 
     return known_compromised_mask(window.eval_data(scores))
 

@@ -1,4 +1,4 @@
-"""``fraud simulate``: write a simulated transaction file (``ml.simulate``), one option per config field."""
+"""``fraud simulate``: write a simulated transaction file (``ml.data.simulate``), one option per config field."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ml.simulate import SimulationConfig, write_transactions
-from ml.simulate import simulate as run_simulation
+from ml.data.simulate import SimulationConfig, write_transactions
+from ml.data.simulate import simulate as run_simulation
 
 _D = SimulationConfig()
 

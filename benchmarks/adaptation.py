@@ -73,7 +73,7 @@ def _replay(model, order_kind: np.ndarray, order_row: np.ndarray, order_us: np.n
 
     Returns (score per row, drift events, seconds spent in predict + learn).
     """
-    from ml.features.online import from_us
+    from ml.features.per_transaction import from_us
 
     p = np.full(len(xs), np.nan)
     learned = np.zeros(len(xs), dtype=bool)
@@ -102,10 +102,11 @@ def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, setting
     ``extra``: more models to run, name -> (factory, fraud weight), e.g. a hyper-parameter sweep.
     """
     from ml.features.spec import FEATURE_NAMES
+    from ml.online.factory import make_store
+    from ml.online.river_model import CANDIDATES, DEFAULT_MODEL, OnlineModel
     from ml.settings import get_settings
-    from streaming.river_model import CANDIDATES, DEFAULT_MODEL, OnlineModel
     from streaming.sources import ReplaySource, Timeline
-    from streaming.worker import Sink, Worker, build_store
+    from streaming.worker import Sink, Worker
 
     onset = pd.Timestamp(drift_start).normalize()
     base = settings or get_settings()
@@ -118,7 +119,7 @@ def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, setting
     # 1. One worker run: online features of every transaction, and the default River model's scores.
     timeline = Timeline(df)
     sink = Sink(keep_scores=True)
-    w = Worker(ReplaySource(timeline), sink, build_store(settings), settings, restore=False,
+    w = Worker(ReplaySource(timeline), sink, make_store(settings), settings, restore=False,
                checkpoint_dir=settings.data_dir / "ckpt", checkpoint_every=10**9, checkpoint_interval_s=1e9,
                pending_ttl=timedelta(days=10**4))
     t0 = time.perf_counter()

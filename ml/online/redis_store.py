@@ -51,10 +51,10 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py uses, called directly
 
-from ml.features.batch import PER_TX_BELOW, BatchColumns, TxColumns, entity_keys, offsets_of, states_of
-from ml.features.online import TxEvent, to_us
+from ml.features.per_transaction import TxEvent, to_us
 from ml.features.spec import RISK_DELAY
-from streaming.online_store import SEP, Label, OnlineStore, StoreUnavailable
+from ml.features.vectorised import PER_TX_BELOW, BatchColumns, TxColumns, entity_keys, offsets_of, states_of
+from ml.online.store import SEP, Label, OnlineStore, StoreUnavailable
 
 RECORD_BUCKETS = 16  # record hashes per day: keeps each hash small on a busy day
 RECORD = np.dtype([("t", "<i8"), ("a", "<f8")])  # one history entry as stored (16 bytes)
@@ -251,18 +251,15 @@ class RedisStore(OnlineStore):
         # lookback at the label's time can reach no feature of a transaction at or after it.
         self.label_reach_days = -(-max(self.lookback_us.values()) // _DAY_US)
         self._redis_mod = redis
-        from streaming.redis_polling import PollingConnection
-
         options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-                       health_check_interval=5, retry_on_timeout=False,
-                       **({"connection_class": PollingConnection} if url.startswith("redis://") else {}))
+                       health_check_interval=5, retry_on_timeout=False)
         if url.startswith("rediss://") and os.environ.get("FRAUD_REDIS_CA"):  # a private CA's bundle
             options["ssl_ca_certs"] = os.environ["FRAUD_REDIS_CA"]
         self.client = redis.Redis.from_url(url, decode_responses=True, **options)
         # The scripts' replies hold binary histories: their connection does not decode.
         self._raw = redis.Redis.from_url(url, decode_responses=False, **options)
         # The same for calls awaited on an event loop (``apply_columns_async``), created on first use.
-        self._async_options = {k: v for k, v in options.items() if k != "connection_class"}
+        self._async_options = options
         self._async_url = url
         self._aconns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> connection
         self._columns = self.client.register_script(_COLUMNS_LUA)

@@ -1,13 +1,18 @@
-"""`fraud` command-line entry point. Each stage registers its commands here."""
+"""`fraud` command-line entry point.
+
+The base's own commands are added here; other stages plug theirs in through the ``fraud.commands`` entry
+point group (pyproject.toml), so ``ml`` never imports the stages built on it.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import click
 
-from ml.cli_models import models
-from ml.cli_score import score
-from ml.cli_simulate import simulate
-from ml.cli_stream import broker, publish, worker
+from ml.cli.models import models
+from ml.cli.score import score
+from ml.cli.simulate import simulate
 
 
 @click.group()
@@ -30,8 +35,7 @@ def features_render() -> None:
 
 
 main.add_command(simulate)
-main.add_command(worker)
-main.add_command(publish)
-main.add_command(broker)
 main.add_command(models)
 main.add_command(score)
+for _plugin in entry_points(group="fraud.commands"):
+    main.add_command(_plugin.load(), _plugin.name)

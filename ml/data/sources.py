@@ -17,7 +17,7 @@ def resolve_source(settings: Settings, simulation: object | None = None, progres
         return settings.source_path
     if settings.source != "simulator":
         raise ValueError(f"FRAUD_SOURCE must be 'simulator' or 'file', not {settings.source!r}")
-    from ml.simulate import SimulationConfig, simulate, write_transactions
+    from ml.data.simulate import SimulationConfig, simulate, write_transactions
 
     config = simulation if isinstance(simulation, SimulationConfig) else simulation_from_env(settings)
     path = settings.raw_dir / f"simulated-{config.fingerprint()}.parquet"
@@ -33,7 +33,7 @@ def simulation_from_env(settings: Settings) -> object:
     """SimulationConfig from FRAUD_SIM_* variables (small data for tests, drift for the drift demo)."""
     import os
 
-    from ml.simulate import SimulationConfig
+    from ml.data.simulate import SimulationConfig
 
     env = os.environ
     kwargs: dict[str, object] = {"start_date": settings.start_date}

@@ -27,12 +27,13 @@ from pydantic import TypeAdapter
 from bento.champion import Champion, latest_tag, load_champion
 from bento.online_model import RiverWatcher, river_opinions
 from bento.schemas import ColumnsResult, ScoreResult
-from ml.features.batch import TxColumns
-from ml.features.online import TxEvent, compute_features, tx_event
+from ml.features.per_transaction import TxEvent, compute_features, tx_event
 from ml.features.spec import FEATURE_NAMES
+from ml.features.vectorised import TxColumns
+from ml.online.factory import make_store
+from ml.online.features import OnlineFeatures
+from ml.online.store import OnlineStore, StoreUnavailable
 from ml.settings import Settings, get_settings
-from streaming.online_features import OnlineFeatures
-from streaming.online_store import OnlineStore, StoreUnavailable, make_store
 
 log = logging.getLogger(__name__)
 POLICIES = ("closed", "open")
@@ -51,7 +52,7 @@ class Scorer:
         if self.policy not in POLICIES:
             raise ValueError(f"FRAUD_STORE_FAILURE must be one of {POLICIES}, not {self.policy!r}")
         prefix = os.environ.get("FRAUD_REDIS_PREFIX")
-        self.store = store or make_store(self.settings, **({"prefix": prefix} if prefix else {}))
+        self.store = store or make_store(self.settings, prefix=prefix)
         self.features = OnlineFeatures(self.store)
         self.n_reasons = n_reasons
         self.threshold = threshold if threshold is not None else _env_float("FRAUD_THRESHOLD")

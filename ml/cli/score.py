@@ -16,7 +16,7 @@ import click
 @click.option("--model", "model_tag", default=None, help="A model tag instead of the champion.")
 def score(start: datetime, end: datetime, out: Path, model_tag: str | None) -> None:
     """Score every transaction from --from to --to (days included) with the champion and offline features."""
-    from ml.scoring import score_range
+    from ml.batch_scoring import score_range
 
     try:
         stats = score_range(start.date(), end.date(), out, model_tag=model_tag)

@@ -3,7 +3,7 @@
 ``ml.features.sql`` turns each spec feature into SQL over the whole table; this module turns it into a
 computation over one transaction plus the entity state an online store holds (the entity's recent
 transactions and its known frauds). Both follow the time semantics in ``ml.features.spec``'s docstring;
-``streaming.parity`` replays the data through this path and compares with dbt's rows.
+``ml.online.parity`` replays the data through this path and compares with dbt's rows.
 
 Times are integers (microseconds since the Unix epoch, UTC) so that window bounds compare exactly, as
 DuckDB's microsecond timestamps do.

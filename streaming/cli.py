@@ -23,8 +23,8 @@ def _iso_date(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str | None):
+    from ml.data.sources import resolve_source
     from ml.settings import get_settings
-    from ml.sources import resolve_source
     from streaming.sources import load_transactions
 
     settings = get_settings()
@@ -53,7 +53,7 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
 @click.option("--idle-timeout", type=float, default=None,
               help="Kafka: stop after N idle seconds (then release buffered labels). Default: run forever.")
 @click.option("--max-events", type=int, default=None, help="Stop after N events.")
-@click.option("--model", default=None, help="River model (see streaming.river_model.CANDIDATES).")
+@click.option("--model", default=None, help="River model (see ml.online.river_model.CANDIDATES).")
 @click.option("--no-champion", is_flag=True, help="Score with River only.")
 @click.option("--fresh", is_flag=True, help="Ignore (delete) the existing checkpoint and start over.")
 @click.option("--checkpoint-every", type=int, default=50_000, show_default=True,
@@ -69,11 +69,12 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     import logging
     import shutil
 
+    from ml.online import checkpoint as ckpt
+    from ml.online.factory import make_store
+    from ml.online.river_model import make_model
     from ml.settings import get_settings
     from ml.signing import SigningKeyError, load_key
-    from streaming import checkpoint as ckpt
-    from streaming.river_model import make_model
-    from streaming.worker import KafkaSink, Sink, Worker, build_store, load_champion, streaming_dir
+    from streaming.worker import KafkaSink, Sink, Worker, load_champion, streaming_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
@@ -102,7 +103,7 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     click.echo(f"worker: events={settings.events} store={settings.online_store} "
                f"champion={champion.tag if champion else 'none (River only)'}", err=True)
     try:
-        w = Worker(source, sink, build_store(settings, redis_prefix), settings, champion=champion,
+        w = Worker(source, sink, make_store(settings, prefix=redis_prefix), settings, champion=champion,
                    model=make_model(model) if model else None, checkpoint_every=checkpoint_every,
                    freeze_gc=True, **({"fold_min_ops": compact_after} if compact_after else {}))
     except ckpt.CheckpointRefused as e:  # tampered, unsigned (older version) or another format: not loaded

@@ -15,7 +15,7 @@ day exactly as production would see them:
 
 Output: ``<data>/drift_demo/report.md`` + ``drift.png`` (per day AP of the three models, flag and retrain
 days) and ``benchmarks/results/drift.json`` (``days_to_flag``, ``days_to_recover``, ``false_alarms_per_30d``).
-Run: ``python -m orchestration.drift_demo`` (``--customers/--days/--drift-day`` to resize).
+Run: ``python -m benchmarks.drift_loop`` (``--customers/--days/--drift-day`` to resize).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def _river(con, settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[dict,
     """Prequential River (the streaming stage's OnlineModel) over the warehouse's feature rows: predict at
     transaction time, learn at label time. Returns scores by transaction id and drift events by day."""
     from ml.features.spec import FEATURE_NAMES
-    from streaming.river_model import make_model
+    from ml.online.river_model import make_model
 
     cols = ", ".join(f'"{c}"' for c in FEATURE_NAMES)
     df = con.execute(
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
         cmd = [
             sys.executable,
             "-m",
-            "orchestration.drift_demo",
+            "benchmarks.drift_loop",
             *(sys.argv[1:] if argv is None else argv),  # bench_drift passes [] (not its own argv)
             "--scenario",
             name,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ml import signing
-from streaming.river_model import OnlineModel
+from ml.online.river_model import OnlineModel
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ def _cleanup(directory: Path, head: dict) -> None:
 
 def _materialise(directory: Path, head: dict, key: bytes | None = None) -> tuple[dict, dict | None]:
     """(pending, store snapshot) as of the head: its base with its deltas applied in order."""
-    from ml.features.online import WINDOW_ENTITIES, TxEvent, from_us
-    from streaming.online_store import Label, MemoryStore
+    from ml.features.per_transaction import WINDOW_ENTITIES, TxEvent, from_us
+    from ml.online.store import Label, MemoryStore
 
     key = key if key is not None else signing.load_key()
     base = _load_signed(directory / _base_name(head["base"]), BASE_PURPOSE, key)
@@ -340,7 +340,7 @@ _MEMORY_FIELDS = ("_entities", "_txs", "_tx_order", "_latest_us", "lookback_us",
 
 def snapshot_store(store) -> dict | None:
     """The in-process store's state (it holds a lock, so it is not picklable as is); None for Redis."""
-    from streaming.online_store import MemoryStore
+    from ml.online.store import MemoryStore
 
     if not isinstance(store, MemoryStore):
         return None  # Redis keeps its own state; replays into it are idempotent by transaction_id
@@ -349,7 +349,7 @@ def snapshot_store(store) -> dict | None:
 
 
 def restore_store(store, snap: dict | None) -> None:
-    from streaming.online_store import MemoryStore
+    from ml.online.store import MemoryStore
 
     if snap is None or not isinstance(store, MemoryStore):
         return

@@ -2,7 +2,7 @@
 feature of every replayed transaction with dbt's ``main.fct_transaction_features`` row.
 
 This is the proof of no training/serving skew: any difference is a failure. Both sides are read from the
-feature snapshot (``ml.warehouse``; the warehouse read-only where there is none). Labels are emitted at
+feature snapshot (``ml.data.warehouse``; the warehouse read-only where there is none). Labels are emitted at
 their ``label_time`` (before transactions at the same instant); a label
 whose transaction has the same time is emitted right after it (it cannot change any feature at that
 instant, since the delayed windows end ``RISK_DELAY`` earlier). To keep a check fast on large data, only the
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import duckdb
 
-from ml.features.online import WINDOW_ENTITIES, TxEvent, compute_features, to_us
+from ml.data.warehouse import features_connection, time_range
+from ml.features.per_transaction import WINDOW_ENTITIES, TxEvent, compute_features, to_us
 from ml.features.spec import FEATURE_NAMES
-from ml.warehouse import features_connection, time_range
-from streaming.online_features import OnlineFeatures
-from streaming.online_store import Label, OnlineStore
+from ml.online.features import OnlineFeatures
+from ml.online.store import Label, OnlineStore
 
 REL_TOL = ABS_TOL = 1e-9
 CHUNK = 2000  # events per store call (one Redis pipeline)
@@ -83,7 +83,7 @@ def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None 
     """Replay and compare. ``days``: compare the last N days (None: all); ``limit``: at most N compared.
 
     ``batched``: the scoring service's path (each run of transactions between labels recorded in one call
-    and computed at once, ``ml.features.batch``); else the stream worker's (``compute_features`` per
+    and computed at once, ``ml.features.vectorised``); else the stream worker's (``compute_features`` per
     transaction on the states the store returns)."""
     assert set(WINDOW_ENTITIES) == {"customer_id", "terminal_id"}, "parity replay reads these entity columns"
     t0 = time.perf_counter()

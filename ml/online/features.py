@@ -2,8 +2,8 @@
 
 ``score_features`` records the transaction (idempotent by id) and returns its features as of its time;
 ``apply_label`` records a label at its ``label_time``; ``features_at`` reads without changing anything.
-The computation itself is ``ml.features.online`` (rendered from the same spec as the dbt SQL), and
-``streaming.parity`` proves it matches dbt's rows.
+The computation itself is ``ml.features.per_transaction`` (rendered from the same spec as the dbt SQL), and
+``ml.online.parity`` proves it matches dbt's rows.
 
 Events must be processed in time order (labels before transactions at the same instant, transactions at
 one instant by transaction_id), as the stream worker and the parity replay do. Unknown customers and
@@ -19,12 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.features.batch import TxColumns, compute_batch
-from ml.features.online import TxEvent, compute_features, to_us, tx_event
+from ml.features.per_transaction import TxEvent, compute_features, to_us, tx_event
 from ml.features.spec import FEATURE_NAMES
-from streaming.online_store import Label, MemoryStore, OnlineStore, StoreUnavailable, make_store
-
-__all__ = ["FEATURE_NAMES", "OnlineFeatures", "StoreUnavailable", "make_store", "MemoryStore", "OnlineStore"]
+from ml.features.vectorised import TxColumns, compute_batch
+from ml.online.store import Label, MemoryStore, OnlineStore
 
 
 class OnlineFeatures:
@@ -43,7 +41,7 @@ class OnlineFeatures:
 
     def score_matrix(self, txs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """``score_many`` as an (n, features) array in spec order, computed for the whole batch at once
-        (``ml.features.batch``). Transactions out of time order are applied one by one instead."""
+        (``ml.features.vectorised``). Transactions out of time order are applied one by one instead."""
         return self.score_events([tx_event(tx) for tx in txs])
 
     def score_events(self, events: Sequence[TxEvent], per_tx_below: int | None = None) -> np.ndarray:

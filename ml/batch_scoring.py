@@ -1,6 +1,6 @@
 """Batch scoring: every transaction of a date range, scored by the champion on the offline (dbt) features.
 
-Reads the feature mart's Parquet snapshot (``ml.warehouse``; the warehouse read-only only when there is no
+Reads the feature mart's Parquet snapshot (``ml.data.warehouse``; the warehouse read-only only when there is no
 snapshot yet), so scoring neither blocks nor is blocked by a dbt build. The rows are whichever source the
 pipeline ingested (simulator or a user's file), streamed in Arrow batches: the range can exceed memory.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ml.data.warehouse import features_connection, has_snapshot
 from ml.settings import get_settings
 from ml.training.training_set import FEATURES_TABLE
-from ml.warehouse import features_connection, has_snapshot
 
 OUT_SCHEMA = pa.schema([("transaction_id", pa.string()), ("score", pa.float64()), ("model", pa.string())])
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ml.features.online import (
+from ml.features.per_transaction import (
     _DELAYED,
     _RATIO,
     _ROW,
@@ -42,7 +42,7 @@ PER_TX_BELOW = 8
 _PER_TX_COST = 186  # one transaction one by one beyond numpy's per-transaction cost, in entries (26 / 0.14)
 _NUMPY_COST = 1390  # numpy's fixed cost of a call, in history entries (195 µs / 0.14 µs)
 
-# numpy counterparts of ml.features.online.ROW_PY (times in µs since 1970-01-01, a Thursday: ISO day 4).
+# numpy counterparts of ml.features.per_transaction.ROW_PY (times in µs since 1970-01-01, a Thursday: ISO day 4).
 ROW_NP = {
     "amount": lambda amount, t_us: amount,
     "weekend": lambda amount, t_us: ((t_us // _DAY_US + 3) % 7 >= 5).astype(np.float64),

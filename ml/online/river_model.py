@@ -4,7 +4,7 @@
 fraud for a feature dict), ``learn`` (one joined label; returns drift events), rolling metrics over the last
 labels, and detector state. Everything is picklable: the worker checkpoints it, the service loads it.
 
-Candidates are compared by ``benchmarks/bench_adaptation.py`` (``streaming.adaptation``): average precision
+Candidates are compared by ``benchmarks/bench_adaptation.py`` (``benchmarks.adaptation``): average precision
 on the worker's delayed-label stream, recovery after an injected drift, and the cost of a predict + learn.
 ``DEFAULT_MODEL`` is the pick; the figures are in ``benchmarks/README.md`` (Streaming).
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from river import drift, forest, imblearn, linear_model, optim, preprocessing, tree
 
-from streaming.events import DriftEvent
+from ml.events import DriftEvent
 
 # SGD step: of 0.005 / 0.01 / 0.02 / 0.05, 0.01 gave the best AP once the new pattern's labels are known
 # among those that recover within a day (the sweep in benchmarks/results/adaptation.json).

@@ -5,7 +5,7 @@ amount) and, for entities with a fraud-rate feature, its known frauds (tx time, 
 transaction id: its time and entities, so that a later label can find them. Writes are idempotent by
 transaction id, so a retried event does not double count.
 
-The Redis backend (``streaming.redis_store``) holds the same state in Redis, shared by every replica.
+The Redis backend (``ml.online.redis_store``) holds the same state in Redis, shared by every replica.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from datetime import timedelta
 
 import numpy as np
 
-from ml.features.batch import EMPTY as EMPTY_COLUMNS
-from ml.features.batch import BatchColumns, EntityColumns, TxColumns
-from ml.features.online import FRAUD_ENTITIES, WINDOW_ENTITIES, EntityState, TxEvent, to_us
-from streaming.history_buffer import HistoryBuffer
+from ml.features.per_transaction import FRAUD_ENTITIES, WINDOW_ENTITIES, EntityState, TxEvent, to_us
+from ml.features.vectorised import EMPTY as EMPTY_COLUMNS
+from ml.features.vectorised import BatchColumns, EntityColumns, TxColumns
+from ml.online.history_buffer import HistoryBuffer
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class StoreUnavailable(RuntimeError):
 
 
 class OnlineStore(ABC):
-    """Backend interface; ``streaming.online_features.OnlineFeatures`` computes features on top of it."""
+    """Backend interface; ``ml.online.features.OnlineFeatures`` computes features on top of it."""
 
     def __init__(self, entities: dict[str, timedelta] | None = None,
                  fraud_entities: frozenset[str] | None = None):
@@ -63,7 +63,7 @@ class OnlineStore(ABC):
     def apply_columns(self, txs: Sequence[TxEvent] | TxColumns, write: bool = True) -> BatchColumns:
         """Record transactions given in time order (idempotent by id; nothing if not ``write``) and return,
         per entity they touch, its transactions and known frauds as columns after the recording
-        (``ml.features.batch``)."""
+        (``ml.features.vectorised``)."""
 
     async def apply_columns_async(self, txs: Sequence[TxEvent] | TxColumns, write: bool = True
                                   ) -> BatchColumns:
@@ -212,18 +212,3 @@ def _fraud_columns(frauds: dict[str, tuple[int, int]]) -> tuple[np.ndarray, np.n
         return _NO_TIMES, _NO_TIMES
     pairs = np.array(list(frauds.values()), np.int64)
     return pairs[:, 0], pairs[:, 1]
-
-
-def make_store(settings=None, **kwargs) -> OnlineStore:
-    """The backend the settings name (``FRAUD_ONLINE_STORE``: memory | redis)."""
-    if settings is None:
-        from ml.settings import get_settings
-
-        settings = get_settings()
-    if settings.online_store == "memory":
-        return MemoryStore()
-    if settings.online_store == "redis":
-        from streaming.redis_store import RedisStore
-
-        return RedisStore(settings.redis_url, **kwargs)
-    raise ValueError(f"unknown online store {settings.online_store!r} (expected 'memory' or 'redis')")

@@ -1,6 +1,6 @@
 """One entity's recorded transactions as growable, time-sorted columns: what the online stores keep.
 
-A scoring batch reads every entity it touches as whole-history columns (``ml.features.batch``). Rebuilding
+A scoring batch reads every entity it touches as whole-history columns (``ml.features.vectorised``). Rebuilding
 those arrays from per-entry tuples, or concatenating a copy with the batch's records, on every call cost
 more than the features themselves; here appends in time order are amortised O(1), pruning moves a start
 offset, and a read is three slices (views, no copy).
