@@ -3,30 +3,36 @@
 ``adaptation_report`` replays a transaction table (a simulation with ``drift_start_day`` set) once through the
 stream worker (in-process store) to get every transaction's online features and the default River model's
 scores. A stand-in champion (XGBoost, the production hyper-parameters) is trained on the labels known at the
-onset and then frozen. Every River candidate then runs the worker's delayed-label protocol on the same feature
-vectors (predict at transaction time, learn at ``label_time``, in the worker's event order; the default
-model's scores are checked to equal the worker's own), so the candidates are compared on exactly the stream
-the worker sees.
+onset and then frozen. Every River candidate then goes through River's delayed progressive validation
+(``river.evaluate``) on the same feature vectors: scored at transaction time, learnt at ``label_time``, in the
+worker's order of transactions. The default model's scores are checked to equal the worker's own, so the
+candidates are compared on exactly the stream the worker sees.
 
 Per model: daily average precision, its pre-drift level (mean of the ``baseline_days`` days before the onset),
 and the days it takes to recover, counted from the day the first labels of the new pattern are known (no
 learner can react before): the first day from then on whose 3-day mean AP is back to ``recover_share`` of the
-pre-drift level. Also: the prequential AP over the whole stream, the drift events each model's error stream
-raised (ADWIN), and the cost of a predict + learn.
+pre-drift level. Also: the prequential AP and log loss over the whole stream, the drift events each model's
+error stream raised (ADWIN), and the cost of a predict + learn.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from river import base, evaluate, metrics
+
+from ml.events import DriftEvent
+from ml.features.per_transaction import from_us
+from ml.online.river_model import OnlineModel
 
 SCENARIO_NEW = 4  # the simulator's card-testing pattern (the drift's new fraud pattern)
 
@@ -67,29 +73,66 @@ def _recovery(daily: pd.Series, baseline: float, known_day: pd.Timestamp, share:
     return None if ok.empty else int((ok.index[0] - known_day).days)
 
 
-def _replay(model, order_kind: np.ndarray, order_row: np.ndarray, order_us: np.ndarray, xs: list,
-            y: np.ndarray, px: np.ndarray | None) -> tuple[np.ndarray, list, float]:
-    """The worker's protocol on fixed vectors: predict per transaction, learn per label, in event order.
+NEVER = 2**62  # the delay of a row without a label: River answers it after the stream ends
 
-    Returns (score per row, drift events, seconds spent in predict + learn).
+
+@dataclass
+class Prequential:
+    scores: np.ndarray  # the model's score of each row at its transaction time (nan: not scored)
+    events: list[DriftEvent]  # what its error detectors raised
+    seconds: float  # spent in the model's predict + learn
+    log_loss: float  # River's prequential log loss
+
+
+class _Replayed(base.Classifier):
+    """An ``OnlineModel`` as River's progressive validation sees it: an observation is a row number (and its
+    times); the model scores and learns that row's feature vector, and its error detectors get the score it
+    gave at transaction time, as in the worker."""
+
+    def __init__(self, model: OnlineModel, xs: Sequence[dict | None], label_us: np.ndarray,
+                 px: np.ndarray | None):
+        self.model, self.xs, self.label_us, self.px = model, xs, label_us, px
+        self.scores = np.full(len(xs), np.nan)
+        self.events: list[DriftEvent] = []
+        self.seconds = 0.0
+
+    def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        r = x["row"]
+        t0 = time.perf_counter()
+        p = self.model.predict(self.xs[r])
+        self.seconds += time.perf_counter() - t0
+        self.scores[r] = p
+        return {False: 1.0 - p, True: p}
+
+    def learn_one(self, x: dict, y: bool) -> None:
+        r = x["row"]
+        if x["delay"] == NEVER:
+            return
+        t0 = time.perf_counter()
+        self.events += self.model.learn(self.xs[r], int(y), from_us(int(self.label_us[r])), self.scores[r],
+                                        None if self.px is None else float(self.px[r]))
+        self.seconds += time.perf_counter() - t0
+
+
+def prequential(model: OnlineModel, xs: Sequence[dict | None], tx_us: np.ndarray, label_us: np.ndarray,
+                y: np.ndarray, order: Iterable[int], px: np.ndarray | None = None) -> Prequential:
+    """River's delayed progressive validation of ``model``: rows arrive in ``order`` at their transaction
+    time (µs), each is scored, then learnt at its label time, labels due by a transaction learnt before it.
+
+    ``xs[r]`` None: a row the worker dead-lettered (skipped). ``px``: the frozen champion's scores, for the
+    error detector that watches it.
     """
-    from ml.features.per_transaction import from_us
+    labelled = ~np.isnat(label_us.view("datetime64[us]"))
 
-    p = np.full(len(xs), np.nan)
-    learned = np.zeros(len(xs), dtype=bool)
-    events: list = []
-    predict, learn = model.predict, model.learn
-    t0 = time.perf_counter()
-    for is_label, r, t in zip(order_kind.tolist(), order_row.tolist(), order_us.tolist(), strict=True):
-        x = xs[r]
-        if x is None:
-            continue  # a row the worker dead-lettered
-        if not is_label:
-            p[r] = predict(x)
-        elif not learned[r] and not math.isnan(p[r]):
-            learned[r] = True
-            events += learn(x, int(y[r]), from_us(t), p[r], None if px is None else float(px[r]))
-    return p, events, time.perf_counter() - t0
+    def stream() -> Iterator[tuple[dict, bool]]:
+        for r in order:
+            if xs[r] is not None:
+                t = int(tx_us[r])
+                yield {"row": r, "at": t, "delay": int(label_us[r]) - t if labelled[r] else NEVER}, bool(y[r])
+
+    replayed = _Replayed(model, xs, label_us, px)
+    metric = evaluate.progressive_val_score(stream(), replayed, metrics.LogLoss(), moment="at", delay="delay")
+    return Prequential(replayed.scores, replayed.events, replayed.seconds, float(metric.get()))
 
 
 def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, settings=None,
@@ -103,7 +146,7 @@ def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, setting
     """
     from ml.features.spec import FEATURE_NAMES
     from ml.online.factory import make_store
-    from ml.online.river_model import CANDIDATES, DEFAULT_MODEL, OnlineModel
+    from ml.online.river_model import CANDIDATES, DEFAULT_MODEL
     from ml.settings import get_settings
     from streaming.sources import ReplaySource, Timeline
     from streaming.worker import Sink, Worker
@@ -150,15 +193,17 @@ def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, setting
     scores: dict[str, np.ndarray] = {"xgboost": px}
     models: dict[str, dict[str, Any]] = {}
     specs = {name: CANDIDATES[name] for name in candidates} | (extra or {})
+    tx_order = timeline.row[~timeline.kind]  # the worker's order of transactions
+    tx_us, label_us = timeline.tx_time.astype("int64"), timeline.label_time.astype("int64")
     for name, spec in specs.items():
-        model = OnlineModel(name, spec=spec)
-        p, events, secs = _replay(model, timeline.kind, timeline.row, timeline.time_us, xs, y, px)
-        scores[name] = p
-        river_drifts = [e for e in events if e.stream == "river_error"]
-        xgb_drifts = [e for e in events if e.stream == "xgb_error"]
+        run = prequential(OnlineModel(name, spec=spec), xs, tx_us, label_us, y, tx_order.tolist(), px)
+        p = scores[name] = run.scores
+        river_drifts = [e for e in run.events if e.stream == "river_error"]
+        xgb_drifts = [e for e in run.events if e.stream == "xgb_error"]
         models[name] = {
             "prequential_ap": round(_ap(y[has_x], p[has_x]), 4),
-            "us_per_predict_learn": round(secs / max(1, int(has_x.sum())) * 1e6, 1),
+            "prequential_log_loss": round(run.log_loss, 4),
+            "us_per_predict_learn": round(run.seconds / max(1, int(has_x.sum())) * 1e6, 1),
             "drift_events": len(river_drifts),
             "first_drift_after_onset": next((str(e.time) for e in river_drifts
                                              if pd.Timestamp(e.time) >= onset), None),

@@ -71,7 +71,8 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
     import duckdb
 
     from ml import registry
-    from ml.monitoring.daily import Reference, champion_from_model, decide, drift_day, quality_day
+    from ml.monitoring.daily import Reference, champion_from_model, drift_day, quality_day
+    from ml.monitoring.decisions import decide
     from ml.monitoring.thresholds import DriftThresholds
     from ml.settings import get_settings
     from ml.training.train import XGBParams, fit, model_metadata
@@ -240,8 +241,9 @@ def _ap(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _river(con, settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[dict, dict]:  # noqa: ANN001
-    """Prequential River (the streaming stage's OnlineModel) over the warehouse's feature rows: predict at
-    transaction time, learn at label time. Returns scores by transaction id and drift events by day."""
+    """River's delayed progressive validation of the streaming stage's OnlineModel over the warehouse's
+    feature rows. Returns scores by transaction id and drift events by day."""
+    from benchmarks.adaptation import prequential
     from ml.features.spec import FEATURE_NAMES
     from ml.online.river_model import make_model
 
@@ -252,27 +254,15 @@ def _river(con, settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[dict,
         "order by tx_datetime, transaction_id",
         [start.to_pydatetime(), end.to_pydatetime()],
     ).df()
-    X = df[list(FEATURE_NAMES)].to_numpy(dtype="float64")
-    tx_t = df["tx_datetime"].to_numpy("datetime64[us]")
-    lab_t = df["label_time"].to_numpy("datetime64[us]")
-    order_l = np.argsort(lab_t, kind="stable")
-    model = make_model()
-    scores = np.zeros(len(df))
+    X = df[list(FEATURE_NAMES)].to_numpy("float64").tolist()
+    xs = [dict(zip(FEATURE_NAMES, row, strict=True)) for row in X]
+    run = prequential(make_model(), xs, df["tx_datetime"].to_numpy("datetime64[us]").astype("int64"),
+                      df["label_time"].to_numpy("datetime64[us]").astype("int64"), df["tx_fraud"].to_numpy(),
+                      range(len(df)))
     events: dict[str, list[dict]] = {}
-    j = 0
-    for i in range(len(df)):
-        while j < len(df) and lab_t[order_l[j]] <= tx_t[i]:  # labels known before this transaction
-            k = order_l[j]
-            for e in model.learn(
-                dict(zip(FEATURE_NAMES, X[k], strict=True)),
-                int(df["tx_fraud"].iat[k]),
-                pd.Timestamp(lab_t[k]).to_pydatetime(),
-                scores[k],
-            ):
-                events.setdefault(f"{pd.Timestamp(e.time):%Y-%m-%d}", []).append(e.model_dump(mode="json"))
-            j += 1
-        scores[i] = model.predict(dict(zip(FEATURE_NAMES, X[i], strict=True)))
-    return dict(zip(df["transaction_id"].astype(str), scores, strict=True)), events
+    for e in run.events:
+        events.setdefault(f"{pd.Timestamp(e.time):%Y-%m-%d}", []).append(e.model_dump(mode="json"))
+    return dict(zip(df["transaction_id"].astype(str), run.scores, strict=True)), events
 
 
 # --------------------------------------------------------------------------------------------- summary

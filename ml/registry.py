@@ -229,7 +229,7 @@ def rollback(reason: str = "manual rollback", actor: str | None = None) -> str:
 
 
 @dataclass
-class Decision:
+class GateDecision:
     challenger_tag: str
     promoted: bool
     reason: str
@@ -253,7 +253,7 @@ def _record(entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry, default=str) + "\n")
 
 
-def decide(eval_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
+def gate_rule(eval_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
            tolerance: float = DEFAULT_TOLERANCE) -> tuple[bool, str]:
     """The gate rule alone (no side effects)."""
     if champion_metrics is None:
@@ -268,13 +268,13 @@ def decide(eval_metrics: dict[str, float], champion_metrics: dict[str, float] | 
 
 def gate(challenger_tag: str, eval_metrics: dict[str, float], champion_metrics: dict[str, float] | None,
          tolerance: float = DEFAULT_TOLERANCE, evaluation_window: dict[str, str] | None = None,
-         champion_tag: str | None = None, note: str = "", actor: str | None = None) -> Decision:
+         champion_tag: str | None = None, note: str = "", actor: str | None = None) -> GateDecision:
     """Decide, promote if the challenger passes, and record the decision (decisions.jsonl).
 
     ``champion_metrics`` None with a champion in place means it could not be scored on the window (``note``
     says why): it cannot block a challenger that was. A challenger that already is the champion stays so
     without a new champion version (re-running a day's gate changes nothing)."""
-    ok, reason = decide(eval_metrics, champion_metrics, tolerance)
+    ok, reason = gate_rule(eval_metrics, champion_metrics, tolerance)
     current = champion()
     if champion_tag is None and champion_metrics is not None:
         champion_tag = str(current.tag) if current else None
@@ -282,7 +282,7 @@ def gate(challenger_tag: str, eval_metrics: dict[str, float], champion_metrics: 
         reason = f"champion {current.tag} has no figures on this window: challenger promoted"
     if note:
         reason += f" ({note})"
-    d = Decision(challenger_tag, ok, reason, tolerance, dict(eval_metrics),
+    d = GateDecision(challenger_tag, ok, reason, tolerance, dict(eval_metrics),
                  dict(champion_metrics) if champion_metrics else None, champion_tag,
                  dict(evaluation_window or {}), actor=actor or default_actor())
     already = current is not None and current.info.metadata.get("source_tag") == str(get(challenger_tag).tag)

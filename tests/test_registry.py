@@ -76,9 +76,9 @@ def test_promotion_refuses_a_model_without_contract_metadata(pair: dict) -> None
 
 
 def test_first_model_is_promoted_without_champion() -> None:
-    from ml.registry import decide
+    from ml.registry import gate_rule
 
-    assert decide({"average_precision": 0.1, "auc_roc": 0.5}, None)[0]
+    assert gate_rule({"average_precision": 0.1, "auc_roc": 0.5}, None)[0]
 
 
 def test_rollback_restores_previous_champion(pair: dict) -> None:

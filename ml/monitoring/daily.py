@@ -18,15 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ml.monitoring import drift
-from ml.monitoring.decisions import (
-    Decision,
-    Signal,
-    decide,
-    feature_drift_signal,
-    quality_signal,
-    score_drift_signal,
-    stream_signal,
-)
+from ml.monitoring.decisions import Signal, feature_drift_signal, quality_signal, score_drift_signal, stream_signal
 from ml.monitoring.thresholds import DriftThresholds
 from ml.settings import Settings
 
@@ -204,6 +196,3 @@ def read_stream_events(settings: Settings, day: str) -> list[dict] | None:
             out.append(event)
     return out
 
-
-def decision_for(day: str, signals: list[Signal]) -> Decision:
-    return decide(day, signals)

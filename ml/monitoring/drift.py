@@ -8,8 +8,8 @@ over time. Reference data = a sample of the champion's training window; current 
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -18,9 +18,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
+from evidently.core.container import MetricContainer
+from evidently.core.metric_types import CountValue, Metric, MetricResult, SingleValue
 from evidently.core.report import Snapshot
-from evidently.metrics import DriftedColumnsCount, ValueDrift
-from evidently.presets import ClassificationPreset
+from evidently.metrics import (
+    FNR,
+    FPR,
+    Accuracy,
+    DriftedColumnsCount,
+    F1Score,
+    LogLoss,
+    Precision,
+    Recall,
+    RocAuc,
+    ValueDrift,
+)
+from evidently.presets import ClassificationPreset, DataDriftPreset
 from sklearn.metrics import average_precision_score
 
 from ml.monitoring.thresholds import DriftThresholds
@@ -100,24 +113,15 @@ def _numeric(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 def feature_drift_report(
     reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, day: str | date | datetime
 ) -> FeatureDrift:
-    """Per-feature drift (``t.feature_method``) of the day vs. the reference, and the drifted share."""
+    """Evidently's data drift preset on the monitored features: each one's drift score and the drifted share."""
     cols = list(t.features)
     missing = [c for c in cols if c not in reference.columns or c not in current.columns]
     if missing:
         raise ValueError(f"feature drift needs columns {missing} in both reference and current data")
     definition = DataDefinition(numerical_columns=cols)
-    report = Report(
-        [
-            DriftedColumnsCount(
-                columns=cols,
-                num_method=t.feature_method,
-                num_threshold=t.feature_threshold,
-                drift_share=t.drifted_share,
-            ),
-            *[ValueDrift(column=c, method=t.feature_method, threshold=t.feature_threshold) for c in cols],
-        ]
-    )
-    snap = report.run(
+    preset = DataDriftPreset(columns=cols, num_method=t.feature_method, num_threshold=t.feature_threshold,
+                             drift_share=t.drifted_share)
+    snap = Report([preset]).run(
         Dataset.from_pandas(_numeric(current, cols), data_definition=definition),
         Dataset.from_pandas(_numeric(reference, cols), data_definition=definition),
         timestamp=_ts(day),
@@ -126,12 +130,11 @@ def feature_drift_report(
     )
     scores: dict[str, float] = {}
     share = float("nan")
-    for m in snap.dict()["metrics"]:
-        kind = m["config"]["type"].rsplit(":", 1)[-1]
-        if kind == "ValueDrift":
-            scores[m["config"]["column"]] = float(m["value"])
-        elif kind == "DriftedColumnsCount":
-            share = float(m["value"]["share"])
+    for metric, result in _results(snap, preset):
+        if isinstance(metric, ValueDrift) and isinstance(result, SingleValue):
+            scores[metric.column] = float(result.value)
+        elif isinstance(metric, DriftedColumnsCount) and isinstance(result, CountValue):
+            share = float(result.share.value)
     return FeatureDrift(snap, scores, share, len(current))
 
 
@@ -142,15 +145,20 @@ def score_drift_report(
     definition = DataDefinition(numerical_columns=[SCORE])
     ref = pd.DataFrame({SCORE: np.asarray(reference_scores, dtype="float64")})
     cur = pd.DataFrame({SCORE: np.asarray(current_scores, dtype="float64")})
-    snap = Report([ValueDrift(column=SCORE, method=t.score_method, threshold=t.score_threshold)]).run(
+    metric = ValueDrift(column=SCORE, method=t.score_method, threshold=t.score_threshold)
+    snap = Report([metric]).run(
         Dataset.from_pandas(cur, data_definition=definition),
         Dataset.from_pandas(ref, data_definition=definition),
         timestamp=_ts(day),
         tags=["prediction_drift"],
         name=f"prediction drift {pd.Timestamp(day):%Y-%m-%d}",
     )
-    value = float(snap.dict()["metrics"][0]["value"])
+    value = float(snap.context.get_metric_result(metric).value)
     return ScoreDrift(snap, value, len(cur), float(ref[SCORE].mean()), float(cur[SCORE].mean()))
+
+
+# The classification preset's single-number metrics kept as Dagster metadata (its per-label ones are not).
+QUALITY_METRICS = (Accuracy, Precision, Recall, F1Score, RocAuc, LogLoss, FPR, FNR)
 
 
 def quality_report(
@@ -172,7 +180,8 @@ def quality_report(
         categorical_columns=[TARGET],
         classification=[BinaryClassification(target=TARGET, prediction_probas=SCORE)],
     )
-    snap = Report([ClassificationPreset(probas_threshold=threshold)]).run(
+    preset = ClassificationPreset(probas_threshold=threshold)
+    snap = Report([preset]).run(
         Dataset.from_pandas(df, data_definition=definition),
         None,
         timestamp=_ts(day),
@@ -180,21 +189,18 @@ def quality_report(
         metadata={"average_precision": ap},
         name=f"classification quality {pd.Timestamp(day):%Y-%m-%d}",
     )
-    metrics: dict[str, float] = {}
-    for m in snap.dict()["metrics"]:
-        value = m.get("value")
-        if isinstance(value, int | float) and m["config"]["type"].rsplit(":", 1)[-1] in (
-            "Accuracy",
-            "Precision",
-            "Recall",
-            "F1Score",
-            "RocAuc",
-            "LogLoss",
-            "FPR",
-            "FNR",
-        ):
-            metrics[m["config"]["type"].rsplit(":", 1)[-1].lower()] = float(value)
+    metrics = {
+        type(metric).__name__.lower(): float(result.value)
+        for metric, result in _results(snap, preset)
+        if isinstance(metric, QUALITY_METRICS) and isinstance(result, SingleValue)
+    }
     return Quality(snap, ap, metrics, len(y), frauds)
+
+
+def _results(snap: Snapshot, preset: MetricContainer) -> Iterator[tuple[Metric, MetricResult]]:
+    """Each metric the preset generated with its typed result."""
+    for metric in preset.list_metrics(snap.context):
+        yield metric, snap.context.get_metric_result(metric)
 
 
 def report_dir(settings: Settings, day: str | date | datetime) -> Path:
@@ -262,6 +268,3 @@ def to_jsonable(value: Any) -> Any:
         return [to_jsonable(v) for v in value]
     return value
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(to_jsonable(value), indent=2, default=str)

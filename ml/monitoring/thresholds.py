@@ -31,39 +31,33 @@ def _monitored() -> tuple[str, ...]:
 class DriftThresholds:
     # -- feature drift (no labels needed) -------------------------------------------------------------
     features: tuple[str, ...] = field(default_factory=_monitored)
-    # Normalised Wasserstein distance (distance / reference std), Evidently's default for numeric columns
-    # with > 1000 rows: robust to sample size (unlike KS p-values) and read as "the distribution moved by
-    # 0.1 reference standard deviations". Day-to-day noise on a stable simulation stays well below it.
+    # Normalised Wasserstein distance, Evidently's default for numeric columns over 1000 rows: robust to sample
+    # size (unlike KS p-values); 0.1 = "moved by a tenth of a reference std", above a stable day's noise.
     feature_method: str = "wasserstein"
     feature_threshold: float = 0.1
-    # Share of monitored features that must drift. One drifting feature is common noise on small days (a
-    # busy terminal, a few large purchases); a quarter of them (>= 5 of 17) moving together is a shift in
-    # behaviour. Concentrated shifts that move few features are caught by the score check below.
+    # One drifting feature is common noise on small days; a quarter of them moving together is a shift in
+    # behaviour. Shifts that move few features are left to the score check below.
     drifted_share: float = 0.25
 
     # -- prediction (score) drift (no labels needed) --------------------------------------------------
-    # The champion's fraud-probability distribution today vs. on its reference window. Scores summarise
-    # exactly the features the model relies on, so a shift there matters even when few features move.
-    # Wasserstein on scores is normalised by the reference score std (small: most scores are near 0), so
-    # 0.15 is a shift of 15% of that spread, above the stable simulation's daily noise.
+    # Scores summarise the features the model relies on, so a shift there matters even when few features
+    # move; 0.15 of the (small) reference score std is above a stable day's noise.
     score_method: str = "wasserstein"
     score_threshold: float = 0.15
 
     # -- classification quality (needs the day's labels, known after the label delay) ------------------
-    # Average precision of the day vs. the champion's own evaluation. Daily AP over a few dozen frauds is
-    # noisy (stable days vary by ~0.1), so only a drop larger than that noise is an alarm.
+    # The day's AP vs. the champion's own evaluation: daily AP over a few dozen frauds is noisy, so only a
+    # drop larger than that noise is an alarm.
     ap_tolerance: float = 0.15
     # Fewer frauds than this in a day and AP is too noisy to judge: the check reports "not evaluated".
     min_frauds_for_ap: int = 10
 
     # -- stream drift events (River's ADWIN detectors on the error streams) ----------------------------
-    # A detector change is evidence, but ADWIN also fires on the normal ebb and flow of errors; several
-    # events on one day point at a real change.
+    # ADWIN also fires on the normal ebb and flow of errors; several events on one day point at a change.
     stream_events: int = 3
 
     # -- data sizes ----------------------------------------------------------------------------------
-    # Reference rows sampled from the champion's training window: enough for stable histograms, small
-    # enough that a daily report takes seconds.
+    # Rows sampled from the champion's training window: enough for stable histograms, few enough for seconds.
     reference_sample: int = 5000
     # Below this many rows in the day the drift checks report "not evaluated" rather than guess.
     min_rows: int = 200
