@@ -286,7 +286,7 @@ class MicroBatcher:
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._scheduled = False  # a drain is scheduled or running: new requests wait for the next one
         self.defer = int(os.environ.get("FRAUD_DRAIN_DEFER", "2"))
-        self.drains = 0  # how many scoring calls served the requests (tests; the service exports a histogram)
+        self.drains = 0  # scoring calls so far (the service exports their sizes as a histogram)
         self._task: asyncio.Task | None = None  # the running drain (a reference keeps it alive)
 
     async def score(self, tx: Any) -> ScoreResult:
