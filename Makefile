@@ -3,8 +3,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+# The model store (the champion); `bentoml serve` / `bentoml build` read it before importing the service.
+export BENTOML_HOME ?= $(or $(FRAUD_DATA_DIR),$(CURDIR)/data)/bentoml
 
-.PHONY: venv demo test bench ui lint drift-demo
+.PHONY: venv demo test bench ui lint drift-demo serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +29,9 @@ bench: venv
 drift-demo: venv
 	mkdir -p $(DAGSTER_HOME)
 	$(PY) -m benchmarks.drift_loop
+
+serve: venv
+	$(VENV)/bin/bentoml serve
 
 ui: venv
 	mkdir -p $(DAGSTER_HOME)

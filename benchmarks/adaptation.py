@@ -41,9 +41,9 @@ def train_champion(X: np.ndarray, y: np.ndarray, known: np.ndarray, tag: str):
     """A frozen XGBoost (production hyper-parameters, early-stopped on the last fifth) on rows ``known``."""
     import xgboost as xgb
 
+    from ml.champion import Champion
     from ml.features.spec import FEATURE_NAMES
     from ml.training.train import XGBParams, booster_params
-    from streaming.worker import Champion
 
     idx = np.flatnonzero(known)
     cut = idx[int(len(idx) * 0.8)]
@@ -57,7 +57,7 @@ def train_champion(X: np.ndarray, y: np.ndarray, known: np.ndarray, tag: str):
                         early_stopping_rounds=params.early_stopping_rounds, verbose_eval=False)
     n_trees = booster.best_iteration + 1
     booster = xgb.train(bp, xgb.DMatrix(X[idx], label=y[idx], feature_names=names), n_trees)  # refit
-    return Champion(booster, names, 0.5, f"{tag} ({n_trees} trees)")
+    return Champion(f"{tag} ({n_trees} trees)", booster, tuple(names), 0.5)
 
 
 def _ap(y: np.ndarray, p: np.ndarray) -> float:
@@ -187,7 +187,7 @@ def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, setting
     known_at_onset = has_x & (label_time <= onset.to_datetime64())
     champion = train_champion(Xfull, y, known_at_onset, f"frozen at {onset:%Y-%m-%d}")
     px = np.full(n, np.nan)
-    px[has_x] = champion.predict([dict(zip(FEATURE_NAMES, r, strict=True)) for r in Xfull[has_x].tolist()])
+    px[has_x] = champion.predict(Xfull[has_x])
 
     # 3. Every candidate on the worker's event order and vectors.
     scores: dict[str, np.ndarray] = {"xgboost": px}

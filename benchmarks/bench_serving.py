@@ -360,9 +360,10 @@ def _rounded(rounds: list[dict]) -> list[dict]:
 def main() -> None:
     _ensure_tools()
     settings = export_tool_env()
-    from bento.champion import latest_tag, load_champion, save_standin_champion
+    from ml.champion import champion_tag, load_champion
+    from tests._training_helpers import save_standin_champion
 
-    tag = latest_tag()
+    tag = champion_tag()
     if tag is None:
         tag = save_standin_champion()
         print(f"[bench] no champion in {settings.bentoml_home}: using a stand-in ({tag})", flush=True)

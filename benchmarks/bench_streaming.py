@@ -43,10 +43,11 @@ def train_champion(df, settings, days: int = 10):
     """A small XGBoost on the online features of the first ``days`` days (stands in for the registry's)."""
     import xgboost as xgb
 
+    from ml.champion import Champion
     from ml.features.spec import FEATURE_NAMES
     from ml.online.factory import make_store
     from streaming.sources import ReplaySource
-    from streaming.worker import Champion, Sink, Worker
+    from streaming.worker import Sink, Worker
 
     cut = df["tx_datetime"].min() + np.timedelta64(days, "D")
     head = df[df["tx_datetime"] < cut]
@@ -59,7 +60,7 @@ def train_champion(df, settings, days: int = 10):
     y = np.array([fraud[tid] for tid in ids])
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.2, "nthread": 1},
                         xgb.DMatrix(X, label=y, feature_names=list(FEATURE_NAMES)), num_boost_round=50)
-    return Champion(booster, list(FEATURE_NAMES), 0.5, "bench")
+    return Champion("bench", booster, tuple(FEATURE_NAMES), 0.5)
 
 
 def run_embedded(df, settings, champion, rate: float | None = None, tag: str = "") -> tuple[dict, object]:

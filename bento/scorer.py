@@ -1,6 +1,7 @@
-"""The scoring core behind the BentoML service: online features -> champion -> probability, decision, reasons.
+"""The online scorer behind the BentoML service: online features -> champion -> probability, decision, reasons.
 
-Kept free of BentoML's HTTP layer so it can be reasoned about (and benchmarked) on its own.
+Kept free of BentoML's HTTP layer so it can be reasoned about (and benchmarked) on its own. (Scoring a
+warehouse date range with the offline features, ``fraud score``, is ``ml.batch_scoring``.)
 
 Online-store failure policy (``FRAUD_STORE_FAILURE``):
 - ``closed`` (default): a transaction that cannot get its features is not scored; the service answers 503
@@ -24,9 +25,10 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter
 
-from bento.champion import Champion, latest_tag, load_champion
+from bento.explanations import Explainer
 from bento.online_model import RiverWatcher, river_opinions
 from bento.schemas import ColumnsResult, ScoreResult
+from ml.champion import Champion, champion_tag, load_champion
 from ml.features.per_transaction import TxEvent, compute_features, tx_event
 from ml.features.spec import FEATURE_NAMES
 from ml.features.vectorised import TxColumns
@@ -56,7 +58,7 @@ class Scorer:
         self.features = OnlineFeatures(self.store)
         self.n_reasons = n_reasons
         self.threshold = threshold if threshold is not None else _env_float("FRAUD_THRESHOLD")
-        self.champion: Champion | None = None
+        self.explainer: Explainer | None = None  # the champion, with its reasons
         self.load_error: str | None = "not loaded yet"
         self.river = RiverWatcher(self.settings.data_dir)
         self._reload_lock = threading.Lock()
@@ -66,20 +68,27 @@ class Scorer:
         """Load ``tag`` (default: latest champion), swap it in atomically; keep the old one on error."""
         with self._reload_lock:
             try:
-                champ = load_champion(tag or "fraud-champion:latest", threshold=self.threshold)
+                # One thread: a request is one small prediction, where threads only add overhead.
+                champ = load_champion(tag, threshold=self.threshold, nthread=1)
+                explainer = Explainer.of(champ, exact=os.environ.get("FRAUD_EXACT_SHAP", "0") == "1")
+                explainer.warm_up()
             except Exception as exc:
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("cannot load champion %s: %s", tag or "latest", self.load_error)
                 return False
-            self.champion, self.load_error = champ, None  # one reference swap: in-flight requests keep theirs
+            self.explainer, self.load_error = explainer, None  # one reference swap: in-flight requests keep theirs
             log.info("serving champion %s", champ.tag)
             return True
+
+    @property
+    def champion(self) -> Champion | None:
+        return self.explainer.champion if self.explainer is not None else None
 
     def reload_if_newer(self, actor: str = "service:/reload") -> str | None:
         """Pick up a newly promoted champion; returns its tag if one was loaded (recorded in the decision
         log as done by ``actor``)."""
         self.river.refresh()
-        tag = latest_tag()
+        tag = champion_tag()
         current = self.champion.tag if self.champion else None
         if tag is not None and tag != current and self.load(tag):
             _audit_reload(actor, current, tag)
@@ -98,29 +107,30 @@ class Scorer:
     # -- scoring ---------------------------------------------------------------------------------------
     def score(self, txs: Sequence[Mapping[str, Any] | TxEvent], reasons: bool = True) -> list[ScoreResult]:
         """Score transactions (each applied to the online state). Raises StoreUnavailable (fail-closed)."""
-        champ = self._champion()
+        explainer = self._explainer()
         events = [tx_event(tx) for tx in txs]
-        spec_x, degraded = self._features(lambda: self.features.score_events(events), events)
-        return self._results(champ, events, spec_x, degraded, reasons)
+        spec_x, degraded = self._features(lambda: self.features.features_matrix(events), events)
+        return self._results(explainer, events, spec_x, degraded, reasons)
 
     async def score_async(self, txs: Sequence[Mapping[str, Any] | TxEvent], reasons: bool = True
                           ) -> list[ScoreResult]:
         """``score`` for a caller on the event loop (the /score micro-batcher): the online store's round trip
         is awaited, the computing done in place."""
-        champ = self._champion()
+        explainer = self._explainer()
         events = [tx_event(tx) for tx in txs]
         try:
-            spec_x, degraded = await self.features.score_events_async(events), False
+            spec_x, degraded = await self.features.features_matrix_async(events), False
         except StoreUnavailable:
             if self.policy == "closed":
                 raise
             spec_x, degraded = self._cold(events), True
-        return self._results(champ, events, spec_x, degraded, reasons)
+        return self._results(explainer, events, spec_x, degraded, reasons)
 
-    def _results(self, champ: Champion, events: list[TxEvent], spec_x: np.ndarray, degraded: bool,
+    def _results(self, explainer: Explainer, events: list[TxEvent], spec_x: np.ndarray, degraded: bool,
                  reasons: bool) -> list[ScoreResult]:
+        champ = explainer.champion
         x = spec_x if champ.columns is None else spec_x[:, champ.columns]
-        proba, contribs = champ.predict_explain(x) if reasons else (champ.predict(x), None)
+        proba, contribs = explainer.predict_explain(x) if reasons else (champ.predict(x), None)
         decline = proba >= champ.threshold
         opinions = river_opinions(self.river.model, spec_x, FEATURE_NAMES)
         rows = []
@@ -138,13 +148,13 @@ class Scorer:
         """Bulk scoring: transactions as columns in, columns out, no reasons and no per-transaction objects
         on the way (``score`` builds an event and a result model per transaction). Transactions in time
         order share store calls; others are applied one by one, in the order given, as by ``score``."""
-        champ = self._champion()
+        champ = self._explainer().champion
         if txs.in_time_order():
-            spec_x, degraded = self._features(lambda: self.features.score_columns(txs), txs)
+            spec_x, degraded = self._features(lambda: self.features.features_matrix(txs), txs)
         else:
             events = [txs.event(k) for k in range(len(txs))]
-            spec_x, degraded = self._features(lambda: self.features.score_events(events), events)
-        proba = champ.predict(spec_x if champ.columns is None else spec_x[:, champ.columns])
+            spec_x, degraded = self._features(lambda: self.features.features_matrix(events), events)
+        proba = champ.predict_spec(spec_x)
         decision = np.where(proba >= champ.threshold, "decline", "approve").tolist()
         opinions = (river_opinions(self.river.model, spec_x, FEATURE_NAMES) if self.river.model is not None
                     else None)
@@ -153,11 +163,11 @@ class Scorer:
             threshold=champ.threshold, model_tag=champ.tag, online_model_probability=opinions,
             degraded=degraded)
 
-    def _champion(self) -> Champion:
-        champ = self.champion
-        if champ is None:
+    def _explainer(self) -> Explainer:
+        explainer = self.explainer
+        if explainer is None:
             raise ModelNotLoaded(f"no champion loaded: {self.load_error}")
-        return champ
+        return explainer
 
     def _features(self, online: Callable[[], np.ndarray], txs: Sequence[TxEvent] | TxColumns
                   ) -> tuple[np.ndarray, bool]:
@@ -276,7 +286,7 @@ class MicroBatcher:
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._scheduled = False  # a drain is scheduled or running: new requests wait for the next one
         self.defer = int(os.environ.get("FRAUD_DRAIN_DEFER", "2"))
-        self.drains = 0  # how many scoring calls served the requests (tests; the service exports a histogram)
+        self.drains = 0  # scoring calls so far (the service exports their sizes as a histogram)
         self._task: asyncio.Task | None = None  # the running drain (a reference keeps it alive)
 
     async def score(self, tx: Any) -> ScoreResult:

@@ -1,4 +1,6 @@
-"""BentoML scoring service: ``bentoml serve`` from the repo root (= ``bento.service:FraudScorer``).
+"""BentoML scoring service: ``make serve``, or ``BENTOML_HOME=data/bentoml bentoml serve`` from the repo root
+(= ``bento.service:FraudScorer``). ``BENTOML_HOME`` is the model store that holds the champion: the project's
+is ``<FRAUD_DATA_DIR>/bentoml`` (BentoML's own default, ``~/bentoml``, has no champion).
 
 Endpoints: ``POST /score`` (one transaction), ``POST /score_batch`` (up to ``MAX_BATCH``),
 ``POST /score_columns`` (the same as columns: bulk scoring), ``POST /reload`` (pick up a newly promoted
@@ -37,7 +39,6 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from bento import security
-from bento.champion import MODEL_NAME, use_project_model_store
 from bento.schemas import (
     MAX_BATCH,
     BatchResult,
@@ -48,15 +49,12 @@ from bento.schemas import (
     TransactionColumns,
 )
 from bento.scorer import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
+from ml.champion import CHAMPION_NAME
 from ml.online.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BULK_THREADS = int(os.environ.get("FRAUD_BULK_THREADS", "2"))  # bulk requests scored at once, per worker
-use_project_model_store()  # BENTOML_HOME inside the project's data directory unless set
-# Refused here, in the `bentoml serve` process, before anything listens: a network address without a token.
-security.check_bind(security.AccessPolicy.from_env(), security.requested_hosts())
-
 _decisions = bentoml.metrics.Counter(name="fraud_decisions_total", documentation="Scored transactions.",
                                      labelnames=["decision"])
 _drain_sizes = bentoml.metrics.Histogram(
@@ -90,7 +88,13 @@ def _unavailable(exc: Exception) -> JSONResponse:
 )
 class FraudScorer:
     # Declared so `bentoml build` packs the champion into the Bento; loaded (and hot-swapped) by Scorer.
-    model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    model = bentoml.models.BentoModel(f"{CHAMPION_NAME}:latest")
+
+    @bentoml.on_deployment
+    def _refuse_unsafe_bind() -> None:
+        """Once, in the `bentoml serve` process, before anything listens: a network address without a token
+        is refused (``UnsafeConfiguration``: BentoML prints it as one line and exits)."""
+        security.check_bind(security.AccessPolicy.from_env(), security.requested_hosts())
 
     def __init__(self) -> None:
         policy = security.AccessPolicy.from_env()
@@ -108,7 +112,8 @@ class FraudScorer:
         try:
             tag = str(self.model.tag)
         except Exception as exc:  # no champion yet: stay up, unready, and keep polling for one
-            log.error("no %s in the model store: %s", MODEL_NAME, exc)
+            log.error("no %s in the model store (BENTOML_HOME=%s): %s", CHAMPION_NAME,
+                      os.environ.get("BENTOML_HOME", "unset, BentoML's default ~/bentoml"), exc)
             tag = None
         if tag is not None:
             self.scorer.load(tag)

@@ -1,4 +1,6 @@
-"""Batch scoring: every transaction of a date range, scored by the champion on the offline (dbt) features.
+"""Batch scoring for ``fraud score``: every transaction of a warehouse date range, scored by the champion on
+the offline (dbt) features. (The service's online scorer, transaction by transaction on the online
+features, is ``bento.scorer``.)
 
 Reads the feature mart's Parquet snapshot (``ml.data.warehouse``; the warehouse read-only only when there is no
 snapshot yet), so scoring neither blocks nor is blocked by a dbt build. The rows are whichever source the
@@ -33,18 +35,14 @@ class ScoreStats:
 
 def score_range(start: date, end: date, out: Path, model_tag: str | None = None,
                 warehouse: Path | None = None, batch_rows: int = 200_000) -> ScoreStats:
-    """Score transactions with tx_datetime in [start, end] (whole days, end included) into Parquet ``out``."""
-    from ml import registry
-    from ml.training.train import predict
+    """Score transactions with tx_datetime in [start, end] (whole days, end included) into Parquet ``out``,
+    with the champion or the model ``model_tag``."""
+    from ml.champion import load_champion
 
     if end < start:
         raise ValueError(f"--to {end} is before --from {start}")
-    model = registry.get(model_tag) if model_tag else registry.champion()
-    if model is None:
-        raise RuntimeError("no champion model in the registry: train one (Dagster group 'training') or "
-                           "promote a model with `fraud models promote TAG`")
-    booster = registry.load_booster(model)
-    names = list(model.info.metadata["feature_names"])
+    champion = load_champion(model_tag)
+    names = list(champion.feature_names)
     warehouse = Path(warehouse or get_settings().warehouse)
     if not warehouse.exists() and not has_snapshot(warehouse):
         raise FileNotFoundError(f"warehouse {warehouse} not found: run ingest and features first")
@@ -53,7 +51,7 @@ def score_range(start: date, end: date, out: Path, model_tag: str | None = None,
         cols = {r[0] for r in con.execute(f"describe {FEATURES_TABLE}").fetchall()}
         missing = [n for n in names if n not in cols]
         if missing:
-            raise ValueError(f"model {model.tag} needs feature(s) {missing} absent from the warehouse")
+            raise ValueError(f"model {champion.tag} needs feature(s) {missing} absent from the warehouse")
         feats = ", ".join(f'"{n}"' for n in names)
         reader = con.sql(
             f"select transaction_id, {feats} from {FEATURES_TABLE} "
@@ -62,15 +60,15 @@ def score_range(start: date, end: date, out: Path, model_tag: str | None = None,
         ).to_arrow_reader(batch_rows)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        rows, tag = 0, str(model.tag)
+        rows, tag = 0, champion.tag
         with pq.ParquetWriter(out, OUT_SCHEMA) as writer:
             for batch in reader:
                 X = np.column_stack([batch.column(n).to_numpy(zero_copy_only=False).astype(np.float32)
                                      for n in names])
-                scores = predict(booster, X, names).astype(np.float64)
+                scores = champion.predict(X)
                 writer.write_table(pa.table({
                     "transaction_id": batch.column("transaction_id").cast(pa.string()),
                     "score": scores, "model": pa.array([tag] * len(scores), pa.string()),
                 }, schema=OUT_SCHEMA))
                 rows += len(scores)
-    return ScoreStats(rows, str(model.tag), time.perf_counter() - t0, out)
+    return ScoreStats(rows, champion.tag, time.perf_counter() - t0, out)

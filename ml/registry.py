@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import xgboost as xgb
 
 MODEL_NAME = "fraud-xgb"
-CHAMPION_NAME = "fraud-champion"
+CHAMPION_NAME = "fraud-champion"  # the one name of the champion (ml.champion loads it)
 DEFAULT_TOLERANCE = 0.01
 REQUIRED_METADATA = ("feature_names", "spec_version", "train_start", "train_end", "data_fingerprint",
                      "metrics", "threshold")
@@ -92,10 +92,20 @@ def get(tag: str) -> bentoml.Model:
 
 
 def load_booster(model: bentoml.Model | str) -> xgb.Booster:
+    """The model's XGBoost booster (also from an ``XGBClassifier``, or a booster file another framework saved)."""
+    import xgboost as xgb
+
     bentoml = _bentoml()
     if isinstance(model, str):
         model = get(model)
-    return bentoml.xgboost.load_model(model)
+    if model.info.module.endswith("xgboost"):
+        loaded = bentoml.xgboost.load_model(model)
+        return loaded if isinstance(loaded, xgb.Booster) else loaded.get_booster()
+    for pattern in ("*.ubj", "*.json", "*.model"):
+        files = sorted(Path(model.path).glob(pattern))
+        if files:
+            return xgb.Booster(model_file=str(files[0]))
+    raise ValueError(f"{model.tag}: no XGBoost booster found (module {model.info.module!r})")
 
 
 def _versions(name: str) -> list[bentoml.Model]:

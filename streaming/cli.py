@@ -69,12 +69,13 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
     import logging
     import shutil
 
+    from ml.champion import NoChampion, load_champion
     from ml.online import checkpoint as ckpt
     from ml.online.factory import make_store
     from ml.online.river_model import make_model
     from ml.settings import get_settings
     from ml.signing import SigningKeyError, load_key
-    from streaming.worker import KafkaSink, Sink, Worker, load_champion, streaming_dir
+    from streaming.worker import KafkaSink, Sink, Worker, streaming_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
@@ -99,7 +100,10 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
         sink = Sink(streaming_dir(settings))
     else:
         raise click.UsageError(f"FRAUD_EVENTS must be replay or kafka, not {settings.events!r}")
-    champion = None if no_champion else load_champion(settings)
+    try:
+        champion = None if no_champion else load_champion()
+    except NoChampion:
+        champion = None
     click.echo(f"worker: events={settings.events} store={settings.online_store} "
                f"champion={champion.tag if champion else 'none (River only)'}", err=True)
     try:

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.champion import Champion
 from ml.events import (
     MAX_REASON,
     TOPIC_DEAD_LETTER,
@@ -75,41 +76,6 @@ STORE_CHUNK = 5_000
 
 def streaming_dir(settings) -> Path:
     return settings.data_dir / "streaming"
-
-
-# ------------------------------------------------------------------------------------------- champion
-
-@dataclass
-class Champion:
-    """The frozen batch champion, scoring micro-batches of feature dicts."""
-
-    model: Any  # xgb.Booster or XGBClassifier
-    feature_names: list[str]
-    threshold: float = 0.5
-    tag: str = ""
-
-    def predict(self, rows: list[dict[str, float]]) -> np.ndarray:
-        X = np.array([[r[n] for n in self.feature_names] for r in rows], dtype=np.float32)
-        if hasattr(self.model, "predict_proba"):
-            return self.model.predict_proba(X)[:, 1]
-        return np.asarray(self.model.inplace_predict(X), dtype=np.float64)
-
-
-def load_champion(settings=None, name: str = "fraud-champion") -> Champion | None:
-    """The champion from the BentoML model store, or None when none is registered yet."""
-    from ml.settings import export_tool_env
-
-    settings = export_tool_env(settings)
-    import bentoml
-
-    try:
-        bm = bentoml.models.get(f"{name}:latest")
-    except bentoml.exceptions.NotFound:
-        return None
-    model = bentoml.xgboost.load_model(bm)
-    meta = bm.info.metadata or {}
-    names = list(meta.get("feature_names") or FEATURE_NAMES)
-    return Champion(model, names, float(meta.get("threshold", 0.5)), str(bm.tag))
 
 
 # ---------------------------------------------------------------------------------------------- sinks
@@ -526,7 +492,8 @@ class Worker:
             kept.append(op)
         ops = kept
         champion = self.champion
-        xgb = champion.predict(feats).tolist() if champion is not None and feats else None
+        xgb = (champion.predict_spec(np.frombuffer(b"".join(vecs), "<f8").reshape(len(vecs), -1)).tolist()
+               if champion is not None and vecs else None)
         thr = champion.threshold if champion is not None else None
         pending, predict, stats = self.pending, self.model.predict, self.stats
         log_change = self.changes.append
@@ -710,5 +677,4 @@ def _canonical(obj: Any, depth: int = 0) -> Any:
     return repr(obj)
 
 
-__all__ = ["Champion", "KafkaSink", "Sink", "Worker", "WorkerStats", "load_champion",
-           "model_state"]
+__all__ = ["KafkaSink", "Sink", "Worker", "WorkerStats", "model_state"]

@@ -1,4 +1,4 @@
-"""Small trained models for the registry and scoring tests (seconds on the small warehouse)."""
+"""Small models for the tests: trained on the small warehouse (registry, scoring) or a stand-in champion."""
 
 from __future__ import annotations
 
@@ -32,3 +32,28 @@ def train_pair(warehouse: Path) -> dict:
         metrics, scores = evaluate_booster(res.booster, window, data.train.feature_names, res.threshold)
         out[name] = {"tag": tag, "metrics": metrics.summary(), "scores": scores}
     return out
+
+
+def save_standin_champion(n_trees: int = 100, depth: int = 6, seed: int = 0, threshold: float = 0.5) -> str:
+    """A small booster on synthetic data, saved as the champion (tests and benchmarks on a model store that
+    has no trained champion yet)."""
+    import bentoml
+    import xgboost as xgb
+
+    from ml.champion import CHAMPION_NAME
+    from ml.features.spec import FEATURE_NAMES, SPEC_VERSION
+    from ml.settings import export_tool_env
+
+    export_tool_env()
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(2.0, 20.0, size=(4000, len(FEATURE_NAMES)))
+    y = (x[:, 0] + rng.normal(0, 20, len(x)) > 80).astype(int)
+    booster = xgb.train({"max_depth": depth, "objective": "binary:logistic", "nthread": 1},
+                        xgb.DMatrix(x, label=y, feature_names=list(FEATURE_NAMES)), num_boost_round=n_trees)
+    model = bentoml.xgboost.save_model(
+        CHAMPION_NAME, booster,
+        labels={"role": "champion", "stand_in": "true"},
+        metadata={"feature_names": list(FEATURE_NAMES), "spec_version": SPEC_VERSION,
+                  "threshold": threshold, "source_tag": "stand-in"},
+    )
+    return str(model.tag)

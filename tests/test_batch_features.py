@@ -68,9 +68,9 @@ def _run(online: OnlineFeatures, txs: list[dict], labels: list, batch: int, one_
         if due:
             online.apply_labels(due)
         if one_by_one:
-            rows.extend(online.vector(online.score_features(tx)) for tx in chunk)
+            rows.extend(online.vector(online.features_for([tx])[0]) for tx in chunk)
         else:
-            rows.extend(online.score_matrix(chunk))
+            rows.extend(online.features_matrix(chunk))
     return np.array(rows)
 
 
@@ -130,7 +130,7 @@ def test_redis_replicas_see_changes_made_elsewhere() -> None:
                 for ev, st in zip(events, states, strict=True):
                     rows.append(online.vector(compute_features(ev, st)))
             else:
-                rows.extend(online.score_matrix(chunk))
+                rows.extend(online.features_matrix(chunk))
         _assert_same(np.array(rows), want, txs)
     finally:
         a.clear()
@@ -159,8 +159,8 @@ def test_redis_replicas_in_random_turns(seed: int) -> None:
             if due:
                 replicas[labeller].apply_labels(due)
                 reference.apply_labels(due)
-            rows.extend(replicas[scorer].score_matrix(chunk))
-            want.extend(reference.vector(reference.score_features(tx)) for tx in chunk)
+            rows.extend(replicas[scorer].features_matrix(chunk))
+            want.extend(reference.vector(reference.features_for([tx])[0]) for tx in chunk)
         _assert_same(np.array(rows), np.array(want), txs)
     finally:
         a.clear()
@@ -173,10 +173,10 @@ def test_redis_state_wiped_under_the_store() -> None:
     tx = {"transaction_id": "x1", "tx_datetime": T0, "customer_id": "C", "terminal_id": "T",
           "tx_amount": 10.0}
     try:
-        online.score_matrix([tx])
+        online.features_matrix([tx])
         store.client.unlink(*store.client.scan_iter(f"{store.prefix}*"))
         again = {**tx, "transaction_id": "x2", "tx_datetime": T0 + timedelta(minutes=1)}
-        row = dict(zip(FEATURE_NAMES, online.score_matrix([again])[0], strict=True))
+        row = dict(zip(FEATURE_NAMES, online.features_matrix([again])[0], strict=True))
         assert row["customer_nb_tx_1h"] == 1.0  # x1 is gone with the flush
     finally:
         store.clear()

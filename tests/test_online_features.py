@@ -112,26 +112,26 @@ def online(request):
 
 
 def test_idempotent_and_cold_start(online: OnlineFeatures) -> None:
-    cold = online.score_features(_tx("1", T0, amount=25.0))
+    cold = online.features_for([_tx("1", T0, amount=25.0)])[0]
     assert cold["customer_nb_tx_30d"] == 1.0 and cold["customer_avg_amount_30d"] == 25.0
     assert cold["terminal_nb_tx_30d"] == 0.0 and cold["terminal_risk_30d"] == 0.0
     assert cold["amount_to_customer_avg_30d"] == 1.0
-    assert online.score_features(_tx("1", T0, amount=25.0)) == cold  # re-delivery does not double count
-    second = online.score_features(_tx("2", T0 + H, amount=35.0))
+    assert online.features_for([_tx("1", T0, amount=25.0)])[0] == cold  # re-delivery does not double count
+    second = online.features_for([_tx("2", T0 + H, amount=35.0)])[0]
     assert second["customer_nb_tx_1d"] == 2.0 and second["customer_avg_amount_1d"] == 30.0
-    peek = online.features_at(_tx("3", T0 + 2 * H))
+    peek = online.peek_features([_tx("3", T0 + 2 * H)])[0]
     assert peek["customer_nb_tx_1d"] == 3.0
-    assert online.features_at(_tx("3", T0 + 2 * H)) == peek  # read-only: nothing recorded
+    assert online.peek_features([_tx("3", T0 + 2 * H)])[0] == peek  # read-only: nothing recorded
 
 
 def test_labels(online: OnlineFeatures) -> None:
-    online.score_features(_tx("f", T0))
-    assert online.apply_label("f", 1, T0 + 7 * D)
-    assert not online.apply_label("unknown", 1, T0)
-    assert online.features_at(_tx("x", T0 + 7 * D))["terminal_risk_1d"] == 1.0
-    assert online.features_at(_tx("x", T0 + 7 * D - US))["terminal_risk_1d"] == 0.0
-    assert online.apply_label("f", 0, T0 + 7 * D)  # a corrected label replaces the earlier one
-    assert online.features_at(_tx("x", T0 + 7 * D))["terminal_risk_1d"] == 0.0
+    online.features_for([_tx("f", T0)])
+    assert online.apply_labels([("f", 1, T0 + 7 * D)])[0]
+    assert not online.apply_labels([("unknown", 1, T0)])[0]
+    assert online.peek_features([_tx("x", T0 + 7 * D)])[0]["terminal_risk_1d"] == 1.0
+    assert online.peek_features([_tx("x", T0 + 7 * D - US)])[0]["terminal_risk_1d"] == 0.0
+    assert online.apply_labels([("f", 0, T0 + 7 * D)])[0]  # a corrected label replaces the earlier one
+    assert online.peek_features([_tx("x", T0 + 7 * D)])[0]["terminal_risk_1d"] == 0.0
 
 
 def test_redis_batches_equal_one_by_one() -> None:
@@ -151,15 +151,15 @@ def test_redis_batches_equal_one_by_one() -> None:
     many = store._batch_call
     store._batch_call = lambda chunk, write, **kw: calls.append(len(chunk)) or many(chunk, write, **kw)
     try:
-        batched = OnlineFeatures(store).score_many(first)
+        batched = OnlineFeatures(store).features_for(first)
         OnlineFeatures(store).apply_labels([label])
-        batched += OnlineFeatures(store).score_many(second)
+        batched += OnlineFeatures(store).features_for(second)
     finally:
         store.clear()
     single = OnlineFeatures(MemoryStore())
-    expected = [single.score_features(tx) for tx in first]
+    expected = [single.features_for([tx])[0] for tx in first]
     single.apply_labels([label])
-    expected += [single.score_features(tx) for tx in second]
+    expected += [single.features_for([tx])[0] for tx in second]
     assert len(batched) == len(expected) == len(txs)
     for tx, got, want in zip(txs, batched, expected, strict=True):
         assert got == pytest.approx(want, rel=0, abs=1e-9), tx["transaction_id"]
@@ -173,11 +173,11 @@ def test_redis_script_reloaded_after_flush() -> None:
     store = private_redis_store("noscript")
     txs = [_tx(f"s{k}", T0 + k * H, cust="C1", term="T1", amount=10.0 + k) for k in range(4)]
     try:
-        first = OnlineFeatures(store).score_matrix(txs[:2])
+        first = OnlineFeatures(store).features_matrix(txs[:2])
         store.client.script_flush()
-        second = OnlineFeatures(store).score_matrix(txs[2:])
+        second = OnlineFeatures(store).features_matrix(txs[2:])
     finally:
         store.clear()
     single = OnlineFeatures(MemoryStore())
-    want = [OnlineFeatures.vector(single.score_features(tx)) for tx in txs]
+    want = [OnlineFeatures.vector(single.features_for([tx])[0]) for tx in txs]
     assert np.allclose(np.vstack([first, second]), want, rtol=0, atol=1e-9)

@@ -23,8 +23,9 @@ export_tool_env()  # BENTOML_HOME inside the tests' private data dir, before Ben
 
 from conftest import require_service  # noqa: E402  (pytest imports tests/conftest.py as `conftest`)
 
-from bento.champion import latest_tag, save_standin_champion  # noqa: E402
 from bento.schemas import MAX_BATCH  # noqa: E402
+from ml.champion import champion_tag  # noqa: E402
+from tests._training_helpers import save_standin_champion  # noqa: E402
 
 TX = {"transaction_id": "t-1", "tx_datetime": "2018-09-30T12:00:00Z", "customer_id": 7,
       "terminal_id": "T-9", "tx_amount": 42.5}
@@ -41,7 +42,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module", autouse=True)
 def champion() -> str:
-    return latest_tag() or save_standin_champion(n_trees=20)
+    return champion_tag() or save_standin_champion(n_trees=20)
 
 
 _APP = []
@@ -93,16 +94,17 @@ def test_probability_is_the_boosters(champion: str) -> None:
     import numpy as np
     import xgboost as xgb
 
-    from bento.champion import load_champion
+    from bento.explanations import Explainer
+    from ml.champion import load_champion
 
-    champ = load_champion(champion)
+    champ = Explainer.of(load_champion(champion, nthread=1))
     assert champ.logistic
-    x = np.random.default_rng(0).gamma(2.0, 20.0, size=(200, len(champ.feature_names)))
+    x = np.random.default_rng(0).gamma(2.0, 20.0, size=(200, len(champ.champion.feature_names)))
     proba, contribs = champ.predict_explain(x)
     dm = xgb.DMatrix(x)
-    assert np.allclose(proba, champ.booster.predict(dm, validate_features=False), rtol=0, atol=1e-6)
-    assert np.allclose(proba, champ.predict(x), rtol=0, atol=1e-6)
-    want = champ.booster.predict(dm, pred_contribs=True, approx_contribs=True, validate_features=False)
+    assert np.allclose(proba, champ.champion.booster.predict(dm, validate_features=False), rtol=0, atol=1e-6)
+    assert np.allclose(proba, champ.champion.predict(x), rtol=0, atol=1e-6)
+    want = champ.champion.booster.predict(dm, pred_contribs=True, approx_contribs=True, validate_features=False)
     assert np.array_equal(contribs, want[:, :-1])
     # A few rows (a /score request, a micro-batch): the numpy walk of the same trees, float32 aside.
     assert champ.paths is not None
@@ -120,7 +122,7 @@ def test_cold_start_then_history(client) -> None:
     from ml.online.store import MemoryStore
 
     scorer = Scorer(store=MemoryStore())
-    feats = scorer.features.score_features({**TX, "tx_datetime": "2018-09-30T12:00:00", "customer_id": "x"})
+    feats = scorer.features.features_for([{**TX, "tx_datetime": "2018-09-30T12:00:00", "customer_id": "x"}])[0]
     assert feats["customer_nb_tx_1d"] == 1.0 and feats["terminal_risk_30d"] == 0.0
 
 
@@ -490,7 +492,7 @@ def test_bento_packs_the_champion_and_every_module_the_service_imports() -> None
     without this checkout, so it is checked here)."""
     import bentoml
 
-    from bento.champion import MODEL_NAME
+    from ml.champion import CHAMPION_NAME
 
     # A Redis store is built too (it connects lazily): its modules are imported when the service makes one.
     listing = ("import sys, bento.service, ml.online.redis_store as s; s.RedisStore(prefix='x:'); "
@@ -506,7 +508,7 @@ def test_bento_packs_the_champion_and_every_module_the_service_imports() -> None
         src = Path(bento.path) / "src"
         missing = sorted(str(p) for p in imported if not (src / p).is_file())
         assert not missing, f"bentofile.yaml does not include {missing}"
-        assert MODEL_NAME in {m.tag.name for m in bento.info.all_models}
+        assert CHAMPION_NAME in {m.tag.name for m in bento.info.all_models}
     finally:
         bentoml.bentos.delete(str(bento.tag))
 

@@ -24,12 +24,13 @@ from conftest import private_redis_store  # noqa: E402
 from test_service import ADMIN, API_TOKEN, AUTH, TX, _client, _columns  # noqa: E402
 
 from bento import security  # noqa: E402
-from bento.champion import latest_tag, save_standin_champion  # noqa: E402
+from ml.champion import champion_tag  # noqa: E402
+from tests._training_helpers import save_standin_champion  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
 def champion() -> str:
-    return latest_tag() or save_standin_champion(n_trees=20)
+    return champion_tag() or save_standin_champion(n_trees=20)
 
 
 @pytest.fixture

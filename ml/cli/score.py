@@ -20,7 +20,7 @@ def score(start: datetime, end: datetime, out: Path, model_tag: str | None) -> N
 
     try:
         stats = score_range(start.date(), end.date(), out, model_tag=model_tag)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
+    except (LookupError, RuntimeError, ValueError, FileNotFoundError) as e:  # no champion, bad range, ...
         raise click.ClickException(str(e)) from e
     click.echo(f"scored {stats.rows:,} transactions with {stats.model} in {stats.seconds:.1f}s "
                f"-> {stats.out}")

@@ -7,8 +7,6 @@ measured loop run the same code. Reads the warehouse through a DuckDB connection
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,67 +15,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ml.champion import Champion, load_champion
 from ml.monitoring import drift
 from ml.monitoring.decisions import Signal, feature_drift_signal, quality_signal, score_drift_signal, stream_signal
 from ml.monitoring.thresholds import DriftThresholds
 from ml.settings import Settings
 
 
-@dataclass(frozen=True)
-class Champion:
-    """What monitoring needs of a model: its booster, features, reference window and own evaluation."""
-
-    tag: str
-    booster: Any  # xgboost.Booster
-    feature_names: tuple[str, ...]
-    train_start: datetime
-    train_end: datetime
-    threshold: float
-    average_precision: float | None
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        import xgboost as xgb
-
-        X = frame[list(self.feature_names)].to_numpy(dtype="float32")
-        return self.booster.predict(xgb.DMatrix(X, feature_names=list(self.feature_names)))
-
-
-def champion_ap(metadata: Mapping[str, Any]) -> float | None:
-    """The champion's own average precision: its gate evaluation if any, else its validation AP."""
-    decision = metadata.get("decision") or {}
-    for source in (decision.get("challenger_metrics") or {}, metadata.get("metrics") or {}):
-        for key in ("average_precision", "valid_average_precision"):
-            value = source.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                return float(value)
-    return None
-
-
 def champion_from_model(model: Any) -> Champion:
     """A ``Champion`` from a BentoML model of the registry (``ml.registry.champion()``)."""
-    from ml.registry import load_booster
-
-    md = model.info.metadata
-    return Champion(
-        str(model.tag),
-        load_booster(model),
-        tuple(md["feature_names"]),
-        pd.Timestamp(md["train_start"]).to_pydatetime(),
-        pd.Timestamp(md["train_end"]).to_pydatetime(),
-        float(md["threshold"]),
-        champion_ap(md),
-    )
+    champ = load_champion(model)
+    _ = champ.train_start, champ.train_end  # KeyError (a LookupError) without a training window to compare to
+    return champ
 
 
 def current_champion() -> Champion:
-    from ml.registry import champion
-
-    model = champion()
-    if model is None:
-        raise LookupError(
-            "no champion model yet: materialize the training stage (xgb_model and the gate) first"
-        )
-    return champion_from_model(model)
+    return champion_from_model(None)  # NoChampion (a LookupError) while there is none
 
 
 def day_bounds(day: str | datetime) -> tuple[datetime, datetime]:

@@ -126,7 +126,7 @@ def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None 
                     store.process(events)
                     continue
                 # numpy even for one transaction: the per-transaction code is the worker path's to prove
-                for ev, row in zip(events, online.score_events(events, per_tx_below=0), strict=True):
+                for ev, row in zip(events, online.features_matrix(events, per_tx_below=0), strict=True):
                     if ev.transaction_id in wanted:
                         feats = dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
                         _compare(ev, feats, dbt.get(ev.transaction_id), report, by_feature)
