@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: venv demo test bench ui lint drift-demo
+.PHONY: venv demo test test-fast bench ui lint drift-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,8 +18,14 @@ demo: venv
 	mkdir -p $(DAGSTER_HOME)
 	$(PY) -m orchestration.demo
 
+# Every test: Redis (127.0.0.1:6379) must be running; the tests start the Kafka broker themselves.
 test: venv
 	$(PY) -m pytest
+
+# The pure-logic tier (features, contract, signing, metrics, SQL rendering, decisions, ...): no Redis, no
+# broker, no dbt or Dagster run, no `bentoml serve`; about a minute. Markers: pyproject.toml.
+test-fast: venv
+	$(PY) -m pytest -m "not (redis or kafka or pipeline or service or slow)"
 
 bench: venv
 	$(PY) -m benchmarks.run

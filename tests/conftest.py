@@ -59,6 +59,13 @@ def private_redis_store(name: str):
     return store
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session warehouse (directly or through another fixture) is in the pipeline tier."""
+    for item in items:
+        if "warehouse" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
+
+
 @pytest.fixture(scope="session")
 def warehouse() -> Path:
     """Materialize raw_transactions (all days) and the dbt feature models once; return the DuckDB path."""

@@ -182,6 +182,7 @@ def test_replay_dead_letters_bad_labels_and_whitespace_ids(tiny: pd.DataFrame, t
     assert w.model.n_frauds == int((df.loc[ok, "tx_fraud"] == 1).sum())
 
 
+@pytest.mark.redis
 def test_poisoned_store_state_dead_letters_the_event_not_the_worker(tmp_path: Path) -> None:
     """Amounts of 1.5e308 already in Redis (written past the contract, as the attack did through the
     service) make the features of that customer overflow: those transactions are dead-lettered with the
@@ -265,6 +266,7 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     assert sink.n_dead == 0
 
 
+@pytest.mark.redis
 def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path: Path) -> None:
     """Labels buffered until the end (a backlog, as after a restart) reach the real Redis store in calls of
     at most ``store_chunk`` events; the outcome equals the one-call run."""
@@ -302,6 +304,8 @@ def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path:
 
 # ------------------------------------------------------------------------------------------------ kafka
 
+@pytest.mark.kafka
+@pytest.mark.redis
 def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """On the real broker with the real Redis store: a year-1 date, a 1.5e308 amount, a 1,000,000-character

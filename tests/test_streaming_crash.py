@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import require_service
 
+pytestmark = pytest.mark.slow  # stream worker processes, run to the end and killed
+
 PY = sys.executable
 
 
@@ -120,6 +122,8 @@ def _redis_dump(client, prefix: str) -> dict:
     return out
 
 
+@pytest.mark.kafka
+@pytest.mark.redis
 def test_kill9_kafka_redis_equals_uninterrupted(small_events: Path, tmp_path: Path) -> None:
     import redis
 

@@ -65,6 +65,7 @@ def test_service_reads_river_checkpoint(tiny: pd.DataFrame, tmp_path: Path) -> N
     assert model.predict(x) == pytest.approx(w.model.predict(x))
 
 
+@pytest.mark.kafka
 def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None:
     from confluent_kafka import Producer
 
@@ -101,6 +102,7 @@ def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None
     assert [s["transaction_id"] for s in scores] == ["t1"]
 
 
+@pytest.mark.pipeline
 def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None:
     import dagster as dg
 
@@ -150,6 +152,7 @@ def test_adwin_drift_event_once_new_pattern_labels_arrive(tmp_path: Path) -> Non
     assert pd.Timestamp(after[0]["time"]) - first_new_label < pd.Timedelta(days=2)
 
 
+@pytest.mark.kafka
 def test_broker_command_stops_tansu_on_sigterm(tmp_path: Path) -> None:
     """`fraud broker` then `kill`: the broker it started goes with it (no orphaned tansu on the port)."""
     import signal
