@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import private_redis_store
+from conftest import model_state, private_redis_store
 
 GOOD_TX = {"transaction_id": "t1", "tx_datetime": "2018-04-01T10:00:00", "customer_id": "c1",
            "terminal_id": "k1", "tx_amount": 12.5}
@@ -220,7 +220,7 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     from ml.online.factory import make_store
     from ml.online.store import StoreUnavailable
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, model_state
+    from streaming.worker import Sink, Worker
 
     culprit = str(tiny.loc[50, "transaction_id"])
 
@@ -267,12 +267,13 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
 
 
 @pytest.mark.redis
-def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path: Path) -> None:
+def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Labels buffered until the end (a backlog, as after a restart) reach the real Redis store in calls of
-    at most ``store_chunk`` events; the outcome equals the one-call run."""
+    at most ``STORE_CHUNK`` events; the outcome equals the one-call run."""
     from ml.online.store import Label
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, model_state
+    from streaming.worker import Sink, Worker
 
     df = tiny.copy()
     df["label_time"] = df["tx_datetime"].max() + pd.Timedelta(days=40)  # every label after every transaction
@@ -287,9 +288,10 @@ def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path:
             return real(events, write=write, read=read)
 
         store.process = process
+        monkeypatch.setattr("streaming.worker.STORE_CHUNK", chunk)
         try:
             settings = _settings(tmp_path / name, "redis")
-            w = Worker(ReplaySource(df), Sink(), store, settings, restore=False, store_chunk=chunk)
+            w = Worker(ReplaySource(df), Sink(), store, settings, restore=False)
             stats = w.run()
             runs[name] = (calls, stats.labels_learned, model_state(w.model))
         finally:

@@ -25,8 +25,9 @@ def _settings(tmp: Path):
 
 
 def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFrame, tmp_path: Path) -> None:
+    from ml.events import TOPIC_LABELS
     from ml.online.factory import make_store
-    from streaming.sources import ReplaySource
+    from streaming.sources import Message, ReplaySource
     from streaming.worker import Sink, Worker
 
     df = tiny.copy()
@@ -41,10 +42,12 @@ def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFr
     assert stats.transactions == len(df) - 1 == len({s["transaction_id"] for s in sink.scores})
     assert stats.labels_learned == len(df) - 1  # the bad row's label is dead-lettered (no transaction)
     assert any("never saw" in d["reason"] for d in dead) or stats.labels_received == len(df)
-    # A replayed label (duplicate delivery) is not learnt twice.
-    tid = str(df.loc[10, "transaction_id"])
+    # A replayed label (duplicate delivery, as a Kafka message) is not learnt twice.
+    row = df.loc[10]
+    label = {"transaction_id": str(row.transaction_id), "tx_fraud": 1, "label_time": row.label_time.isoformat()}
     before = w.model.n_learned
-    w._labels([(w.watermark_us, tid, 1)])
+    w.process([Message(TOPIC_LABELS, 0, 10**6, json.dumps(label).encode(), 0.0)])
+    w.drain_labels()
     assert w.model.n_learned == before and w.stats.duplicate_labels == 1
 
 

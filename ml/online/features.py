@@ -83,10 +83,6 @@ class OnlineFeatures:
         states = self.store.apply(events, write=False, read=True)
         return [compute_features(ev, st or {}) for ev, st in zip(events, states, strict=True)]
 
-    def record_many(self, txs: Sequence[Mapping[str, Any]]) -> None:
-        """Apply transactions without computing features (bulk warm-up of the state)."""
-        self.store.apply([tx_event(tx) for tx in txs], write=True, read=False)
-
     def apply_label(self, transaction_id: str, tx_fraud: int, label_time: datetime) -> bool:
         """Record a label known from ``label_time`` on; False if the transaction is unknown to the store."""
         return self.apply_labels([(transaction_id, tx_fraud, label_time)])[0]

@@ -54,11 +54,6 @@ class Windows:
     test: tuple[datetime, datetime]
     delay_days: float
 
-    @property
-    def evaluable_at(self) -> datetime:
-        """When every label of the test window is known (fixed delay)."""
-        return self.test[1] + timedelta(days=self.delay_days)
-
     def as_dict(self) -> dict[str, str | float]:
         f = "%Y-%m-%d %H:%M:%S"
         return {
