@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,7 @@ def _imports(name: str, path: Path) -> set[str]:
     return out
 
 
+@cache
 def import_graph() -> dict[str, set[str]]:
     """Module -> project modules it imports (a name is taken to its longest prefix that is a module)."""
     mods = _modules()
