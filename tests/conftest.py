@@ -91,6 +91,7 @@ def _canonical(obj: Any, depth: int = 0) -> Any:
     return repr(obj)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the session warehouse (directly or through another fixture) is in the pipeline tier."""
     for item in items:
