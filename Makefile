@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 # The model store (the champion); `bentoml serve` / `bentoml build` read it before importing the service.
 export BENTOML_HOME ?= $(or $(FRAUD_DATA_DIR),$(CURDIR)/data)/bentoml
 
-.PHONY: venv demo test bench ui lint drift-demo serve
+.PHONY: venv demo test test-fast bench ui lint drift-demo serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,8 +20,14 @@ demo: venv
 	mkdir -p $(DAGSTER_HOME)
 	$(PY) -m orchestration.demo
 
+# Every test: Redis (127.0.0.1:6379) must be running; the tests start the Kafka broker themselves.
 test: venv
 	$(PY) -m pytest
+
+# The pure-logic tier (features, contract, signing, metrics, SQL rendering, decisions, ...): no Redis, no
+# broker, no dbt or Dagster run, no `bentoml serve`; about a minute. Markers: pyproject.toml.
+test-fast: venv
+	$(PY) -m pytest -m "not (redis or kafka or pipeline or service or slow)"
 
 bench: venv
 	$(PY) -m benchmarks.run

@@ -55,15 +55,6 @@ class LabelEvent(_Event):
     label_time: Timestamp
 
 
-class ScoreEvent(_Event):
-    transaction_id: str
-    tx_datetime: datetime
-    river_score: float
-    xgb_score: float | None = None
-    xgb_alert: bool | None = None
-    scored_at: float  # wall-clock epoch seconds when the worker emitted the score
-
-
 def drift_event_id(detector: str, stream: str, time: datetime, seq: Any = None) -> str:
     """A drift event's id, the same every time the event is produced again (outputs are at least once)."""
     key = f"{detector}\x1f{stream}\x1f{time.isoformat()}\x1f{'' if seq is None else seq}"
@@ -142,10 +133,6 @@ def parse_transaction(value: bytes | str | dict | None) -> TransactionEvent:
 
 def parse_label(value: bytes | str | dict | None) -> LabelEvent:
     return _parse(LabelEvent, "label", value)
-
-
-def dumps(event: BaseModel) -> bytes:
-    return event.model_dump_json().encode()
 
 
 def decode_leniently(value: bytes | str | dict | None, limit: int = MAX_DEAD_PAYLOAD

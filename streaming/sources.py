@@ -7,14 +7,13 @@ the offsets the worker checkpointed, so a restarted worker reads on from exactly
 stream: each transaction at its ``tx_datetime``, each label at its ``label_time`` (labels before
 transactions at the same instant, as the feature spec's point-in-time rule reads them), optionally paced by
 a speed-up factor (event time runs ``speedup`` times faster than wall time) or a fixed rate (events/s).
-``merged_events`` is that same order, used by ``fraud publish`` to fill Kafka.
+``fraud publish`` fills Kafka in that same order (``Timeline``).
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -220,14 +219,6 @@ class Timeline:
         return TOPIC_TRANSACTIONS, {"transaction_id": self.ids[r], "tx_datetime": self.tx_time[r].item(),
                                     "customer_id": self.customers[r], "terminal_id": self.terminals[r],
                                     "tx_amount": float(self.amount[r])}, True
-
-
-def merged_events(df: pd.DataFrame) -> Iterator[tuple[str, dict]]:
-    """Every transaction and label of ``df`` as (topic, payload) in event-time order."""
-    tl = Timeline(df)
-    for i in range(len(tl)):
-        topic, value, _ = tl.event(i)
-        yield topic, value
 
 
 class ReplaySource(EventSource):

@@ -24,9 +24,6 @@ import gc
 import heapq
 import json
 import logging
-import math
-import os
-import signal
 import struct
 import threading
 import time
@@ -202,8 +199,7 @@ class Worker:
                  model: OnlineModel | None = None, checkpoint_dir: Path | None = None,
                  checkpoint_every: int = 50_000, checkpoint_interval_s: float = 10.0,
                  pending_ttl: timedelta = timedelta(days=30), batch_size: int = 500,
-                 restore: bool = True, fold_min_ops: int = FOLD_MIN_OPS, freeze_gc: bool = False,
-                 store_chunk: int = STORE_CHUNK):
+                 restore: bool = True, fold_min_ops: int = FOLD_MIN_OPS, freeze_gc: bool = False):
         self.source, self.sink, self.settings = source, sink, settings
         self.features = OnlineFeatures(store)
         self._external_store = ckpt.snapshot_store(store) is None
@@ -212,7 +208,6 @@ class Worker:
         self.checkpoint_every, self.checkpoint_interval_s = checkpoint_every, checkpoint_interval_s
         self.pending_ttl_us = to_us(pending_ttl)
         self.batch_size = batch_size
-        self.store_chunk = max(1, store_chunk)
         self.fold_min_ops = fold_min_ops
         self.freeze_gc = freeze_gc
         self.drift_file = streaming_dir(settings) / "drift_events.jsonl"
@@ -240,7 +235,6 @@ class Worker:
         self._initial_base: bytes | None = None
         self._writing: tuple[threading.Thread, dict[str, int]] | None = None
         self._write_error: BaseException | None = None
-        self._landed_seq = 0  # last checkpoint known to be on disk (read by the crash tests' fault injection)
         if not (restore and self._restore()):
             # A fresh chain starts from the state as given (normally empty): base-0.
             self._initial_base = ckpt.base_bytes(self.pending, ckpt.snapshot_store(store))
@@ -307,7 +301,6 @@ class Worker:
     def _write(self, job: ckpt.WriteJob) -> None:
         try:
             ckpt.write(self.checkpoint_dir, job)
-            self._landed_seq = job.seq
         except BaseException as e:  # re-raised on the worker's thread by wait_for_checkpoint
             self._write_error = e
 
@@ -353,11 +346,6 @@ class Worker:
         t0 = time.perf_counter()
         idle_since = time.monotonic()
         done = 0
-        # Fault injection for the crash tests: SIGKILL ourselves after N events (no cleanup, no flush), once
-        # at least K checkpoints are on disk; writes are off-thread, so on a loaded machine event counts alone
-        # would not say how many have landed.
-        kill_after = int(os.environ.get("FRAUD_FAULT_KILL_AFTER_EVENTS", "0") or 0)
-        kill_min_seq = int(os.environ.get("FRAUD_FAULT_KILL_MIN_CHECKPOINTS", "0") or 0)
         try:
             while max_events is None or done < max_events:
                 n = self.batch_size if max_events is None else min(self.batch_size, max_events - done)
@@ -365,8 +353,6 @@ class Worker:
                 if msgs:
                     self.process(msgs)
                     done += len(msgs)
-                    if kill_after and done >= kill_after and self._landed_seq >= kill_min_seq:
-                        os.kill(os.getpid(), signal.SIGKILL)
                     self._since_ckpt += len(msgs)
                     idle_since = time.monotonic()
                 elif self.source.exhausted or (idle_timeout is not None
@@ -444,14 +430,14 @@ class Worker:
         after it); the frozen champion scores the whole run at once (its score does not depend on the
         order); River then predicts and learns in event order. The outcome is the same whatever the batch
         boundaries are, which is what makes a restart from a checkpoint land on the same state, and what
-        lets a long run (a backlog of labels) go to the store in chunks of ``store_chunk`` events.
+        lets a long run (a backlog of labels) go to the store in chunks of ``STORE_CHUNK`` events.
 
         An event that fails on its own (building it, the store call, its features, River's score) is
         dead-lettered and left out; the others go on.
         """
         if not ops:
             return
-        chunk = self.store_chunk
+        chunk = STORE_CHUNK
         if len(ops) > chunk:
             for i in range(0, len(ops), chunk):
                 self._execute(ops[i:i + chunk])
@@ -604,10 +590,6 @@ class Worker:
         for ev in events:
             self._drift(ev)
 
-    def _labels(self, labels: list[tuple[int, str, int]]) -> None:
-        """Record labels ((label_time_us, transaction_id, tx_fraud)) in the store, then learn from them."""
-        self._execute([("label", lab) for lab in labels])
-
     def _drift(self, ev: DriftEvent) -> None:
         self.stats.drift_events += 1
         self.drift_file.parent.mkdir(parents=True, exist_ok=True)
@@ -650,31 +632,4 @@ def _reason(e: BaseException, stage: str) -> str:
     return f"{stage}: {type(e).__name__}{DETAIL_SEP}{e}"[:MAX_REASON]
 
 
-def model_state(model: OnlineModel) -> dict[str, Any]:
-    """A comparable fingerprint of a River model (crash tests): its learnt parameters and counters."""
-    return {"n_learned": model.n_learned, "n_frauds": model.n_frauds, "drifts": model.drifts,
-            # nan != nan: compare missing champion scores as None
-            "recent": [(y, p, None if math.isnan(q) else q) for y, p, q in model.recent],
-            "model": _canonical(model.model)}
-
-
-def _canonical(obj: Any, depth: int = 0) -> Any:
-    """Plain nested values of an object graph (pickle bytes also depend on object identity)."""
-    if depth > 30:
-        return repr(obj)
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {repr(k): _canonical(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))}
-    if isinstance(obj, list | tuple | deque):
-        return [_canonical(v, depth + 1) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "__dict__"):
-        return [type(obj).__name__, _canonical(vars(obj), depth + 1)]
-    return repr(obj)
-
-
-__all__ = ["KafkaSink", "Sink", "Worker", "WorkerStats", "model_state"]
+__all__ = ["KafkaSink", "Sink", "Worker", "WorkerStats"]

@@ -6,10 +6,14 @@ which read settings at import) uses a private temp data directory and a small si
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from collections import deque
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 _DATA = Path(tempfile.mkdtemp(prefix="fraud-tests-"))
@@ -57,6 +61,42 @@ def private_redis_store(name: str):
         ok = False
     require_service(ok, "Redis at 127.0.0.1:6379")
     return store
+
+
+def model_state(model) -> dict[str, Any]:
+    """A comparable fingerprint of a River model (``ml.online.river_model.OnlineModel``): its learnt parameters
+    and counters, to compare the outcomes of two stream runs."""
+    return {"n_learned": model.n_learned, "n_frauds": model.n_frauds, "drifts": model.drifts,
+            # nan != nan: compare missing champion scores as None
+            "recent": [(y, p, None if math.isnan(q) else q) for y, p, q in model.recent],
+            "model": _canonical(model.model)}
+
+
+def _canonical(obj: Any, depth: int = 0) -> Any:
+    """Plain nested values of an object graph (pickle bytes also depend on object identity)."""
+    if depth > 30:
+        return repr(obj)
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {repr(k): _canonical(v, depth + 1) for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0]))}
+    if isinstance(obj, list | tuple | deque):
+        return [_canonical(v, depth + 1) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "__dict__"):
+        return [type(obj).__name__, _canonical(vars(obj), depth + 1)]
+    return repr(obj)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the session warehouse (directly or through another fixture) is in the pipeline tier."""
+    for item in items:
+        if "warehouse" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,7 @@ def test_memory_batches_equal_one_by_one(seed: int, batch: int, monkeypatch) -> 
     _assert_same(_run(OnlineFeatures(MemoryStore()), txs, labels, batch), want, txs)
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("seed", [1, 2])
 def test_redis_batches_equal_one_by_one(seed: int) -> None:
     txs, labels = _stream(seed), _labels(_stream(seed), seed)
@@ -105,6 +106,7 @@ def test_redis_batches_equal_one_by_one(seed: int) -> None:
         store.clear()
 
 
+@pytest.mark.redis
 def test_redis_replicas_see_changes_made_elsewhere() -> None:
     """Three replicas share one Redis and take turns, labels landing through another one; the third scores
     through ``process`` with a label in the call (the stream worker's path). Every replica's features equal
@@ -136,6 +138,7 @@ def test_redis_replicas_see_changes_made_elsewhere() -> None:
         a.clear()
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("seed", [4, 5])
 def test_redis_replicas_in_random_turns(seed: int) -> None:
     """Two replicas take turns at random (chunks of varied size, labels through either, each pruning what
@@ -166,6 +169,7 @@ def test_redis_replicas_in_random_turns(seed: int) -> None:
         a.clear()
 
 
+@pytest.mark.redis
 def test_redis_state_wiped_under_the_store() -> None:
     """State wiped under the store (a Redis restart without persistence): nothing of it is seen again."""
     store = private_redis_store("flush")

@@ -144,6 +144,7 @@ def test_future_changes_leave_past_features_unchanged(warehouse: Path, tmp_path:
     assert not np.allclose(fut_b.tx_amount.to_numpy(), fut_a.tx_amount.to_numpy())
 
 
+@pytest.mark.pipeline
 @pytest.mark.parametrize("window", [f for f in FEATURES if f.kind == "window"][:1])
 def test_same_instant_transactions_see_only_earlier_ids(tmp_path: Path, window) -> None:
     """Ties: two transactions of one card at the same second are counted as a stream would see them."""

@@ -143,6 +143,7 @@ def test_missing_required_column_is_a_clear_error(tmp_path: Path) -> None:
         land(con, path, "2018-04-01", "2018-04-02")
 
 
+@pytest.mark.pipeline
 def test_dagster_asset_reads_a_user_file_from_config(user_csv: Path, tmp_path: Path) -> None:
     from orchestration.assets.ingest import raw_transactions
 

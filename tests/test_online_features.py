@@ -73,12 +73,14 @@ def _dbt_row(db: Path, tid: str) -> dict[str, float]:
     return dict(zip(FEATURE_NAMES, row, strict=True))
 
 
+@pytest.mark.pipeline
 def test_edge_cases_match_dbt(edge_warehouse: Path) -> None:
     report = replay_parity(edge_warehouse, MemoryStore())
     assert report.compared == len(_rows())
     assert report.ok, (report.by_feature, report.examples)
 
 
+@pytest.mark.pipeline
 def test_edge_case_values(edge_warehouse: Path) -> None:
     b, c, d = (_dbt_row(edge_warehouse, t) for t in ("b", "c", "d"))
     assert (b["customer_nb_tx_1d"], b["customer_avg_amount_1d"]) == (2.0, 20.0)  # a before b at one instant
@@ -101,7 +103,7 @@ def _tx(tid: str, t: datetime, cust: str = "C", term: str = "T", amount: float =
             "tx_amount": amount}
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def online(request):
     if request.param == "memory":
         yield OnlineFeatures(MemoryStore())
@@ -134,6 +136,7 @@ def test_labels(online: OnlineFeatures) -> None:
     assert online.peek_features([_tx("x", T0 + 7 * D)])[0]["terminal_risk_1d"] == 0.0
 
 
+@pytest.mark.redis
 def test_redis_batches_equal_one_by_one() -> None:
     """The batched Redis call (each entity's window read once per call, calls of max_call_txs) gives every
     transaction the features the in-process store gives it one at a time: same-instant peers, a re-delivered
@@ -167,6 +170,7 @@ def test_redis_batches_equal_one_by_one() -> None:
     assert batched[15] == pytest.approx(batched[13], abs=1e-9)  # idempotent re-delivery
 
 
+@pytest.mark.redis
 def test_redis_script_reloaded_after_flush() -> None:
     """The batch script runs on the store's own connection: a Redis that lost its scripts (restart, SCRIPT
     FLUSH) gets it loaded again, and the call's features are those of the in-process store."""

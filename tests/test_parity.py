@@ -20,6 +20,7 @@ def test_parity_memory(warehouse, batched: bool) -> None:
     assert report.ok, (report.summary(), report.by_feature, report.examples[:3])
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("batched", [True, False], ids=["service-path", "worker-path"])
 def test_parity_redis(warehouse, batched: bool) -> None:
     store = private_redis_store("parity")

@@ -289,6 +289,7 @@ def _fuzz(operation, headers: dict, examples: int, calls: list) -> None:
     run()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(monkeypatch, tmp_path) -> None:
     """Schemathesis against the ASGI app (its own document): >= 1,000 generated requests over every
@@ -308,6 +309,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(monkeypatch,
 
 
 # -- Redis: credentials and a stall ------------------------------------------------------------------------
+@pytest.mark.redis
 def test_redis_url_with_a_password(monkeypatch) -> None:
     """A URL with user and password reaches Redis as an ACL login (a user made for the test on the shared
     Redis, limited to its key prefix, deleted after); the password never appears in an answer."""
@@ -374,6 +376,7 @@ class _StallingProxy:
             s.close()
 
 
+@pytest.mark.redis
 def test_livez_answers_during_a_redis_stall(monkeypatch) -> None:
     """Redis stops answering: /livez still answers within 100 ms while /score waits for Redis (off the event
     loop), and /score fails closed with 503 within its timeout instead of hanging."""

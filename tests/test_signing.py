@@ -220,6 +220,7 @@ def test_river_watcher_keeps_its_model_on_a_planted_file(tmp_path: Path, caplog)
     assert watcher.model is not None and watcher.model is not good and watcher.error is None
 
 
+@pytest.mark.pipeline
 def test_river_snapshot_asset_fails_on_a_planted_checkpoint(tmp_path: Path, monkeypatch) -> None:
     import dagster as dg
 

@@ -96,6 +96,7 @@ def test_fraud_rate_plausible_and_every_scenario_present(medium: pd.DataFrame) -
     assert 1.8 < per_day < 2.1
 
 
+@pytest.mark.slow
 def test_default_config_matches_the_book_scale() -> None:
     df = simulate(progress=False)  # ~1.5 s
     assert 1_700_000 < len(df) < 1_850_000  # the book: 1,754,155

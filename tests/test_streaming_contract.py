@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import private_redis_store
+from conftest import model_state, private_redis_store
 
 GOOD_TX = {"transaction_id": "t1", "tx_datetime": "2018-04-01T10:00:00", "customer_id": "c1",
            "terminal_id": "k1", "tx_amount": 12.5}
@@ -182,6 +182,7 @@ def test_replay_dead_letters_bad_labels_and_whitespace_ids(tiny: pd.DataFrame, t
     assert w.model.n_frauds == int((df.loc[ok, "tx_fraud"] == 1).sum())
 
 
+@pytest.mark.redis
 def test_poisoned_store_state_dead_letters_the_event_not_the_worker(tmp_path: Path) -> None:
     """Amounts of 1.5e308 already in Redis (written past the contract, as the attack did through the
     service) make the features of that customer overflow: those transactions are dead-lettered with the
@@ -219,7 +220,7 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     from ml.online.factory import make_store
     from ml.online.store import StoreUnavailable
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, model_state
+    from streaming.worker import Sink, Worker
 
     culprit = str(tiny.loc[50, "transaction_id"])
 
@@ -265,12 +266,14 @@ def test_store_batch_failure_finds_the_culprit_and_store_outage_stops(tiny: pd.D
     assert sink.n_dead == 0
 
 
-def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path: Path) -> None:
+@pytest.mark.redis
+def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Labels buffered until the end (a backlog, as after a restart) reach the real Redis store in calls of
-    at most ``store_chunk`` events; the outcome equals the one-call run."""
+    at most ``STORE_CHUNK`` events; the outcome equals the one-call run."""
     from ml.online.store import Label
     from streaming.sources import ReplaySource
-    from streaming.worker import Sink, Worker, model_state
+    from streaming.worker import Sink, Worker
 
     df = tiny.copy()
     df["label_time"] = df["tx_datetime"].max() + pd.Timedelta(days=40)  # every label after every transaction
@@ -285,9 +288,10 @@ def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path:
             return real(events, write=write, read=read)
 
         store.process = process
+        monkeypatch.setattr("streaming.worker.STORE_CHUNK", chunk)
         try:
             settings = _settings(tmp_path / name, "redis")
-            w = Worker(ReplaySource(df), Sink(), store, settings, restore=False, store_chunk=chunk)
+            w = Worker(ReplaySource(df), Sink(), store, settings, restore=False)
             stats = w.run()
             runs[name] = (calls, stats.labels_learned, model_state(w.model))
         finally:
@@ -302,6 +306,8 @@ def test_label_backlog_goes_to_the_store_in_chunks(tiny: pd.DataFrame, tmp_path:
 
 # ------------------------------------------------------------------------------------------------ kafka
 
+@pytest.mark.kafka
+@pytest.mark.redis
 def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """On the real broker with the real Redis store: a year-1 date, a 1.5e308 amount, a 1,000,000-character

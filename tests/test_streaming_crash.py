@@ -14,7 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import require_service
+from conftest import model_state, require_service
+
+pytestmark = pytest.mark.slow  # stream worker processes, run to the end and killed
 
 PY = sys.executable
 
@@ -55,16 +57,41 @@ def _run(cmd: list[str], data_dir: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: int = 6700) -> None:
-    """Run the worker until it SIGKILLs itself after ``after_events`` events, once checkpoint 2 is on disk.
+# `fraud worker` with a fault: it SIGKILLs itself (no cleanup, no flush) after N events once at least K
+# checkpoints are on disk. Checkpoint writes are off-thread: on a loaded machine an event count alone would
+# not say how many have landed.
+_KILLED_WORKER = """
+import os, signal, sys
+from ml.online import checkpoint
+from streaming.worker import Worker
+after, min_landed = int(sys.argv.pop(1)), int(sys.argv.pop(1))
+seen, landed = [0], [0]
+write, process = checkpoint.write, Worker.process
+def counting_write(directory, job):
+    write(directory, job)
+    landed[0] = job.seq
+def killing_process(self, msgs):
+    process(self, msgs)
+    seen[0] += len(msgs)
+    if seen[0] >= after and landed[0] >= min_landed:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.write, Worker.process = counting_write, killing_process
+from ml.cli import main
+main()
+"""
 
-    The kill is injected (FRAUD_FAULT_KILL_*) rather than timed from outside, so it lands past checkpoint 2
+
+def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: int = 6700) -> None:
+    """Run the worker (``cmd``, a ``_worker_cmd``) until it SIGKILLs itself after ``after_events`` events,
+    once checkpoint 2 is on disk.
+
+    The kill is injected (``_KILLED_WORKER``) rather than timed from outside, so it lands past checkpoint 2
     on a loaded machine too (a later write may be in flight): the worker dies with nothing flushed and
     nothing cleaned up, with events processed since its last checkpoint.
     """
-    env = _env(data_dir) | {"FRAUD_FAULT_KILL_AFTER_EVENTS": str(after_events),
-                            "FRAUD_FAULT_KILL_MIN_CHECKPOINTS": "2"}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert cmd[1:3] == ["-c", "from ml.cli import main; main()"]
+    cmd = [PY, "-c", _KILLED_WORKER, str(after_events), "2", *cmd[3:]]
+    out = subprocess.run(cmd, env=_env(data_dir), capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, f"not killed: rc={out.returncode} {out.stderr[-2000:]}"
     def head(d: Path) -> dict:
         from ml.online.checkpoint import read_head
@@ -78,7 +105,6 @@ def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: i
 
 def _final(data_dir: Path):
     from ml.online import checkpoint as ckpt
-    from streaming.worker import model_state
 
     c = ckpt.load(data_dir / "streaming" / "river")
     assert c is not None
@@ -120,6 +146,8 @@ def _redis_dump(client, prefix: str) -> dict:
     return out
 
 
+@pytest.mark.kafka
+@pytest.mark.redis
 def test_kill9_kafka_redis_equals_uninterrupted(small_events: Path, tmp_path: Path) -> None:
     import redis
 

@@ -25,8 +25,9 @@ def _settings(tmp: Path):
 
 
 def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFrame, tmp_path: Path) -> None:
+    from ml.events import TOPIC_LABELS
     from ml.online.factory import make_store
-    from streaming.sources import ReplaySource
+    from streaming.sources import Message, ReplaySource
     from streaming.worker import Sink, Worker
 
     df = tiny.copy()
@@ -41,10 +42,12 @@ def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFr
     assert stats.transactions == len(df) - 1 == len({s["transaction_id"] for s in sink.scores})
     assert stats.labels_learned == len(df) - 1  # the bad row's label is dead-lettered (no transaction)
     assert any("never saw" in d["reason"] for d in dead) or stats.labels_received == len(df)
-    # A replayed label (duplicate delivery) is not learnt twice.
-    tid = str(df.loc[10, "transaction_id"])
+    # A replayed label (duplicate delivery, as a Kafka message) is not learnt twice.
+    row = df.loc[10]
+    label = {"transaction_id": str(row.transaction_id), "tx_fraud": 1, "label_time": row.label_time.isoformat()}
     before = w.model.n_learned
-    w._labels([(w.watermark_us, tid, 1)])
+    w.process([Message(TOPIC_LABELS, 0, 10**6, json.dumps(label).encode(), 0.0)])
+    w.drain_labels()
     assert w.model.n_learned == before and w.stats.duplicate_labels == 1
 
 
@@ -65,6 +68,7 @@ def test_service_reads_river_checkpoint(tiny: pd.DataFrame, tmp_path: Path) -> N
     assert model.predict(x) == pytest.approx(w.model.predict(x))
 
 
+@pytest.mark.kafka
 def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None:
     from confluent_kafka import Producer
 
@@ -101,6 +105,7 @@ def test_kafka_malformed_event_goes_to_dead_letter_topic(tmp_path: Path) -> None
     assert [s["transaction_id"] for s in scores] == ["t1"]
 
 
+@pytest.mark.pipeline
 def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None:
     import dagster as dg
 
@@ -150,6 +155,7 @@ def test_adwin_drift_event_once_new_pattern_labels_arrive(tmp_path: Path) -> Non
     assert pd.Timestamp(after[0]["time"]) - first_new_label < pd.Timedelta(days=2)
 
 
+@pytest.mark.kafka
 def test_broker_command_stops_tansu_on_sigterm(tmp_path: Path) -> None:
     """`fraud broker` then `kill`: the broker it started goes with it (no orphaned tansu on the port)."""
     import signal

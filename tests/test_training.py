@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -21,6 +21,18 @@ def _cfg():
     return WindowConfig(train_days=14, valid_days=7, test_days=7)
 
 
+def test_windows_end_a_label_delay_before_the_day() -> None:
+    """Fixed timestamp split: train < valid < D - delay <= D = test start."""
+    from ml.training.training_set import WindowConfig, windows_for
+
+    w = windows_for(DAY, _cfg())
+    assert w.train == (datetime(2018, 4, 12), datetime(2018, 4, 26)) and w.valid[0] == w.train[1]
+    assert w.valid[1] == datetime(2018, 5, 3) == w.day - timedelta(days=w.delay_days)
+    assert w.test == (datetime(2018, 5, 10), datetime(2018, 5, 17))
+    with pytest.raises(ValueError, match=">= 1 day"):
+        windows_for(DAY, WindowConfig(train_days=14, valid_days=0, test_days=7))
+
+
 def test_training_rows_respect_label_delay_and_windows(warehouse: Path) -> None:
     from ml.training.training_set import build
 
@@ -33,8 +45,6 @@ def test_training_rows_respect_label_delay_and_windows(warehouse: Path) -> None:
     # Fixed timestamp split: train < valid < D - delay <= D = test start; no shared row.
     assert data.train.tx_datetime.max() < np.datetime64(w.valid[0], "us") <= data.valid.tx_datetime.min()
     assert data.valid.tx_datetime.max() < np.datetime64(w.valid[1], "us")
-    assert w.train[1] == w.valid[0] and w.valid[1] == datetime(2018, 5, 3) and w.test == (
-        datetime(2018, 5, 10), datetime(2018, 5, 17))
     assert not set(data.train.transaction_id) & set(data.valid.transaction_id)
 
 
