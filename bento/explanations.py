@@ -29,7 +29,7 @@ import xgboost as xgb
 from ml.champion import Champion
 
 # Up to this many rows, numpy's walk of the trees is faster than building a DMatrix for XGBoost's own call;
-# from a few hundred rows on, XGBoost wins (figures: benchmarks/README.md).
+# from a few hundred rows on, XGBoost wins (docs/adr/0007).
 PATHS_UP_TO = 128
 
 

@@ -90,8 +90,7 @@ def _times(values: list[datetime]) -> _Times:
                 raise ValueError(f"item {k}: out of range once converted to UTC") from None
         values = conv
     lim = limits()
-    # pandas converts datetimes in C: ~0.2 µs each, against ~3.7 through numpy's datetime64 and ~0.5 in
-    # Python arithmetic (measured on 5,000).
+    # pandas converts datetimes in C, several times faster than numpy's datetime64 or Python arithmetic.
     t_us = pd.DatetimeIndex(values).as_unit("us").asi8
     low, high = ((t - EPOCH) // ONE_US for t in (lim.min_time, lim.max_time()))
     bad = (t_us < low) | (t_us > high)

@@ -8,7 +8,7 @@ is known from ``label_time`` on, whatever order the two topics are read in), the
 join it with the stored vector and let River learn on exactly what it predicted on; ADWIN detectors on
 the error streams of both models emit drift events.
 
-Delivery (see README.md (Streaming)): the River model, detectors, join state, buffered labels, the in-process
+Delivery (docs/streaming.md): the River model, detectors, join state, buffered labels, the in-process
 store and the source offsets are checkpointed together (``ml.online.checkpoint``). Outputs are flushed
 before each checkpoint; after a crash the worker restarts from the checkpoint's offsets, so events after
 it are processed again: the store applies them idempotently by ``transaction_id`` (Redis) or is restored

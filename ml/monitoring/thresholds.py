@@ -2,9 +2,8 @@
 
 The values were tuned on the drift demo's simulations (``make drift-demo``): a stable simulation must raise
 at most one alarm per 30 days, the injected drift (card testing + genuine spending shift) must be flagged
-within a day of its onset. Change them in ``DriftThresholds`` (or via ``FRAUD_DRIFT_*`` variables, see
-``from_env``); ``benchmarks/README.md`` (Monitoring) records the measured false-alarm rate and
-detection delay.
+within a day of its onset (docs/adr/0018). Change them in ``DriftThresholds`` (or via ``FRAUD_DRIFT_*``
+variables, see ``from_env``).
 """
 
 from __future__ import annotations

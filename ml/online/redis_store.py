@@ -23,19 +23,11 @@ included, and no other client's commands run in between: a call sees exactly wha
 by one. Their ids are half the bytes and only ties and re-deliveries need them, so a bulk call reads them
 afterwards if at all (``_ids``); a small call (a ``/score`` drain, the stream worker's runs) reads them in
 the same ``MGET``. No replica keeps state of its own, so any number of them share one Redis and each sees
-every other's writes at once. (Per-process copies of the histories, the script sending only what a copy
-lacks, were tried: at the benchmark's history lengths the script's reads of the tails and the Python per
-entity cost more than the bytes they saved, benchmarks/README.md "Speed".)
+every other's writes at once.
 
-Why this layout (measured on the project's 2-core VM, Redis 7.0): a history as a list of "time|amount|id"
-strings cost Python a parse per entry and Lua an argument and a push per entry; as bytes, an entity's
-whole history is one ``APPEND`` and arrives as an array. The reads stay out of Lua: a reply that
-``redis.call`` hands to Lua is serialized, parsed and copied into a Lua string, which for whole histories
-cost more than the rest of the call (~3.5 µs a transaction). Records are hash fields rather
-than a key each so that a batch records its transactions with one ``HMGET`` and one ``HSET`` per (day,
-bucket): ``SET NX EX`` per transaction cost ~5.7 µs of Redis' time each. The script builds no key from
-parts (a string built in Lua cost ~1.7 µs): the caller sends them whole. This store therefore needs a single
-Redis (no cluster), 6.2 or newer.
+Why binary histories, reads outside Lua and records as hash fields: docs/adr/0001 and 0002. The script
+builds no key from parts (the caller sends them whole), so this store needs a single Redis (no cluster),
+6.2 or newer.
 """
 
 from __future__ import annotations
@@ -140,12 +132,8 @@ class RedisStore(OnlineStore):
         self._columns = self.client.register_script(_lua("columns.lua"))
         self._label = self.client.register_script(_lua("label.lua"))
         self._entity_order = sorted(self.lookback_us)
-        # Transactions per call (FRAUD_REDIS_CALL_TXS): a script blocks Redis (other replicas, the stream
-        # worker) while it runs (~3 µs a transaction) and its reply must come within socket_timeout, so
-        # larger batches go in several calls. A call reads every entity it touches whole, once, so the
-        # larger the call the fewer histories read per transaction: a maximum bulk request (10,000) in one
-        # call scored 112-131k tx/s where calls of 5,000 scored 87-98k (benchmarks/README.md "Speed"), for
-        # ~35 ms of Redis at a time. Lower it where bulk jobs share a Redis with latency-bound online scoring.
+        # Transactions per call (FRAUD_REDIS_CALL_TXS): a script blocks Redis while it runs and its reply must
+        # come within socket_timeout, so larger batches go in several calls (the size: docs/adr/0006).
         self.max_call_txs = int(os.environ.get("FRAUD_REDIS_CALL_TXS", DEFAULT_CALL_TXS))
         self._lock = threading.Lock()
         self._conn = None  # the store's own connection for its calls, used under _lock (see _run)

@@ -6,7 +6,7 @@ labels, and detector state. Everything is picklable: the worker checkpoints it, 
 
 Candidates are compared by ``benchmarks/bench_adaptation.py`` (``benchmarks.adaptation``): average precision
 on the worker's delayed-label stream, recovery after an injected drift, and the cost of a predict + learn.
-``DEFAULT_MODEL`` is the pick; the figures are in ``benchmarks/README.md`` (Streaming).
+``DEFAULT_MODEL`` is the pick (docs/adr/0013-river-model-choice.md).
 """
 
 from __future__ import annotations
@@ -67,10 +67,7 @@ CANDIDATES: dict[str, tuple[Callable[[], Any], float]] = {
     "arf": (_arf, 1.0),
     "arf_oversample": (_arf_oversample, 1.0),
 }
-# Plain scaled logistic regression: on the drift benchmark class weights (x10) and under-sampling lower AP
-# (it ranks; weights move the scores, not the order, and a weighted fraud makes larger, noisier steps), the
-# adaptive tree costs 7x and the forest 25x per event for no better recovery (benchmarks/README.md,
-# Streaming).
+# Recovered fastest on the adaptation benchmark at a fraction of the trees' cost (docs/adr/0013).
 DEFAULT_MODEL = "logreg"
 
 ROLLING_WINDOW = 5000  # labels kept for rolling metrics

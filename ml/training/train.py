@@ -20,9 +20,8 @@ from ml.training.training_set import Frame, TrainingData
 
 @dataclass(frozen=True)
 class XGBParams:
-    # The best validation AP on the book's week (D = 2018-08-08, 23 features) of the grid tried: depth 4-6,
-    # min_child_weight 1-5, eta 0.05-0.1 (28d: 0.7497 vs 0.7421 for depth 4 / mcw 5 / eta 0.1, the 18-feature
-    # pick; benchmarks/README.md (Training)). A lower eta needs more rounds; early stopping picks how many.
+    # The best validation AP on the book's week of the grid tried (docs/adr/0015); early stopping picks the
+    # number of rounds.
     max_depth: int = 6
     learning_rate: float = 0.05
     n_rounds: int = 600
@@ -30,11 +29,8 @@ class XGBParams:
     min_child_weight: float = 1.0
     subsample: float = 0.8
     colsample_bytree: float = 0.8
-    # Class weight of frauds; None = sqrt(negatives / positives) of the training window (~11 here). On the
-    # book's week the validation AP prefers no reweighting (28d: 0.723 vs 0.719 with sqrt, 56d: 0.739 vs
-    # 0.733; the full ratio ~120 is worse still), as the book found for XGBoost (ch. 6): AP and card
-    # precision are rankings, which weights barely help. The imbalance is handled by early stopping on AP
-    # and by the alert threshold, set at a budget on validation scores.
+    # Class weight of frauds; None = sqrt(negatives / positives). AP and card precision are rankings, which
+    # weights barely help (docs/adr/0015): the alert threshold, set at a budget, handles the imbalance.
     scale_pos_weight: float | None = 1.0
     max_bin: int = 256
     nthread: int = 2
@@ -43,10 +39,8 @@ class XGBParams:
     refit_on_valid: bool = True
     # Share of transactions to alert on; sets the decision threshold (on validation scores).
     alert_rate: float = 0.01
-    # Recency weighting: a row's weight halves every this many days of age (counted back from the newest
-    # labelled row). None = all rows equal (the daily default). After a drift alarm the few days that show
-    # the new behaviour are outnumbered by weeks of old ones; a short half-life lets them count
-    # (benchmarks/drift_loop.py, benchmarks/README.md (Monitoring)).
+    # Recency weighting: a row's weight halves every this many days of age; None = all rows equal (daily
+    # default). After a drift alarm a short half-life lets the few new days count (docs/adr/0018).
     recency_half_life_days: float | None = None
 
 
