@@ -129,22 +129,6 @@ def to_utc_naive(value: datetime) -> datetime:
         raise ContractError("out of range once converted to UTC") from None
 
 
-def check_timestamp(value: Any) -> datetime:
-    """An ISO-8601 string or a datetime -> naive UTC within [FRAUD_MIN_TX_TIME, now + FRAUD_MAX_TX_AHEAD_S].
-
-    Numbers are refused: a bare number is ambiguous (seconds or milliseconds since the epoch)."""
-    if isinstance(value, str):
-        if len(value) > 64:
-            raise ContractError("not an ISO-8601 timestamp")
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-        except ValueError:
-            raise ContractError("not an ISO-8601 timestamp") from None
-    elif not isinstance(value, datetime):
-        raise ContractError("must be an ISO-8601 string (numbers are ambiguous)")
-    return check_time_range(value)
-
-
 def check_time_range(value: datetime) -> datetime:
     """A datetime -> naive UTC, within [FRAUD_MIN_TX_TIME, now + FRAUD_MAX_TX_AHEAD_S]."""
     t = to_utc_naive(value)
