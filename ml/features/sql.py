@@ -77,11 +77,12 @@ def _model(description: str, ctes: Sequence[tuple[str, str, str]], final: str) -
     parts = []
     for name, comment, body in ctes:
         parts.append("".join(f"-- {line}\n" for line in comment.splitlines()) + _cte(name, body))
-    return HEADER.format(version=SPEC_VERSION) + f"-- {description}\n" + "with\n\n" + ",\n\n".join(parts) \
-        + "\n\n" + final
+    comment = "".join(f"-- {line}\n" for line in description.splitlines())
+    return HEADER.format(version=SPEC_VERSION) + comment + "with\n\n" + ",\n\n".join(parts) + "\n\n" + final
 
 
 def _ratio(numerator: str, denominator: str) -> str:
+    """numerator / denominator, 0 when the denominator is not positive; laid out as a column of a select."""
     return f"case\n        when {denominator} > 0 then {numerator} / {denominator}\n        else 0\n    end"
 
 
@@ -121,17 +122,14 @@ def _window_model(entity: str, feats: list[Feature]) -> str:
                 aggregates[f"amount_sum_{span}"] = f"sum(tx_amount) over last_{span} - later_peer_amount"
                 features.append(f"amount_sum_{span} / tx_count_{span} as {f.name}")
         elif f.agg == "max":
-            frames[f"earlier_{span}"] = (
-                f"by_time range between {since} preceding and {_interval(timedelta(microseconds=1))} preceding"
-            )
+            frames[f"earlier_{span}"] = f"by_time range between {since} preceding and interval 1 microsecond preceding"
             aggregates[f"earlier_max_amount_{span}"] = f"coalesce(max(tx_amount) over earlier_{span}, 0)"
             features.append(f"greatest(earlier_max_amount_{span}, earlier_peer_max_amount) as {f.name}")
         else:
             raise ValueError(f"unknown window agg {f.agg!r} for {f.name}")
 
-    who = ENTITY_PREFIX[entity]
     return _model(
-        f"Per transaction, its {who}'s transactions in trailing windows [t - window, t].",
+        _description("window", entity, feats),
         [
             ("transactions", "",
              _select(["transaction_id", "tx_datetime", entity, "tx_amount"]) + "from {{ ref('stg_transactions') }}\n"),
@@ -159,7 +157,6 @@ def _delayed_model(entity: str, feats: list[Feature]) -> str:
     windows = sorted({f.window for f in feats if f.window is not None})
     fraud_windows = sorted({f.window for f in feats if f.window is not None and f.agg == "fraud_rate"})
     until = _interval(delay)
-    delay_words = until.removeprefix("interval ")
 
     fraud_cols = ["t.transaction_id"] + [
         f"count(*) filter (where k.tx_datetime >= t.tx_datetime - {_interval(delay + w)}) as fraud_count_{_span(w)}"
@@ -213,13 +210,20 @@ def _delayed_model(entity: str, feats: list[Feature]) -> str:
         ]
         final += "left join fraud_counts using (transaction_id)\n"
     ctes.append(("tx_counts", "", tx_counts))
-    who = ENTITY_PREFIX[entity]
     return _model(
-        f"Per transaction, its {who}'s transactions and known frauds in windows that end {delay_words} before it\n"
-        f"-- (the label delay): [t - {delay_words} - window, t - {delay_words}].",
+        _description("delayed_window", entity, feats),
         ctes,
         final,
     )
+
+
+def _description(kind: str, entity: str, feats: list[Feature]) -> str:
+    who = ENTITY_PREFIX[entity]
+    if kind == "window":
+        return f"Per transaction, its {who}'s transactions in trailing windows [t - window, t]."
+    delay = _interval(feats[0].delay or timedelta(0)).removeprefix("interval ")
+    return (f"Per transaction, its {who}'s transactions and known frauds in windows that end {delay} before it\n"
+            f"(the label delay): [t - {delay} - window, t - {delay}].")
 
 
 def _model_name(kind: str, entity: str) -> str:
@@ -310,15 +314,14 @@ def _schema(groups: dict[str, list[Feature]]) -> str:
         + [
             {
                 "name": model,
-                "description": f"Spec-rendered {'trailing' if 'delayed' not in model else 'label-delayed'} "
-                "window aggregates for one entity.",
+                "description": _description(feats[0].kind, feats[0].entity or "", feats).replace("\n", " "),
                 "columns": [{"name": "transaction_id", "data_tests": ["unique", "not_null"]}]
                 + [{"name": f.name, "description": f.description} for f in feats],
             }
             for model, feats in groups.items()
         ],
     }
-    return "# " + HEADER.format(version=SPEC_VERSION).lstrip("- ") + yaml.safe_dump(doc, sort_keys=False)
+    return "# " + HEADER.format(version=SPEC_VERSION).lstrip("- ") + yaml.safe_dump(doc, sort_keys=False, width=110)
 
 
 def render() -> dict[Path, str]:
