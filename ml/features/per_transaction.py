@@ -65,7 +65,7 @@ class EntityState:
     columns: tuple[list[int], list[str], list[float]] | None = None
 
 
-class TxEvent(NamedTuple):  # a tuple: built per scored transaction, ~5x cheaper than a frozen dataclass
+class TxEvent(NamedTuple):  # a tuple: built per scored transaction, much cheaper than a frozen dataclass
     transaction_id: str
     t_us: int
     entities: Mapping[str, str]  # entity column -> id, e.g. {"customer_id": "C1", "terminal_id": "T9"}

@@ -130,8 +130,7 @@ def _build() -> tuple[Feature, ...]:
         ),
         # A compromised card's multiplied amounts stand out against the largest genuine one it made before
         # (the 30-day mean is itself inflated by the earlier frauds); the short-window ratios show a spend
-        # surge. Chosen on validation AP of the book's week (benchmarks/README.md, Training): 0.742 -> 0.751
-        # at 56 days.
+        # surge. Chosen on validation AP (benchmarks/README.md, Training).
         Feature(
             "customer_max_amount_30d",
             "window",

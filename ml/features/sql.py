@@ -1,11 +1,13 @@
 """Render the feature spec to the dbt models that build training features (``fraud features render``).
 
 The generated files are committed so a reader sees plain SQL; ``tests/test_feature_sql.py`` fails if they
-differ from what the spec renders, so the spec stays the single definition.
+differ from what the spec renders, so the spec stays the single definition. Each frame is written once, as a
+named window, and intermediate columns are named for what they hold (``tx_count_7d``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,60 +24,126 @@ ROW_SQL = {
     "night": "case when hour(tx_datetime) <= 6 then 1 else 0 end",
 }
 ENTITY_PREFIX = {"customer_id": "customer", "terminal_id": "terminal"}
+_UNITS = (
+    ("day", "d", timedelta(days=1)),
+    ("hour", "h", timedelta(hours=1)),
+    ("minute", "m", timedelta(minutes=1)),
+    ("second", "s", timedelta(seconds=1)),
+    ("microsecond", "us", timedelta(microseconds=1)),
+)
+
+
+def _largest_unit(td: timedelta) -> tuple[int, str, str]:
+    for unit, suffix, size in _UNITS:
+        if td % size == timedelta(0):
+            return td // size, unit, suffix
+    raise ValueError(f"{td} is not a whole number of microseconds")
 
 
 def _interval(td: timedelta) -> str:
-    return f"interval '{int(td.total_seconds())} seconds'"
+    """A DuckDB interval in the largest whole unit: ``interval 30 days``, ``interval 1 hour``."""
+    n, unit, _ = _largest_unit(td)
+    return f"interval {n} {unit}{'' if n == 1 else 's'}"
+
+
+def _span(td: timedelta) -> str:
+    """A window length as the feature names spell it (``30d``, ``1h``), for naming columns and windows."""
+    n, _, suffix = _largest_unit(td)
+    return f"{n}{suffix}"
+
+
+def _select(columns: Sequence[str]) -> str:
+    return "select\n" + ",\n".join(f"    {c}" for c in columns) + "\n"
+
+
+def _window_clause(defs: Sequence[tuple[str, str | tuple[str, ...]]]) -> str:
+    """``window name as (...)`` for each definition; a tuple of lines is written over several lines."""
+    parts = []
+    for name, body in defs:
+        if isinstance(body, str):
+            parts.append(f"    {name} as ({body})")
+        else:
+            parts.append(f"    {name} as (\n" + "".join(f"        {line}\n" for line in body) + "    )")
+    return "window\n" + ",\n".join(parts) + "\n"
+
+
+def _cte(name: str, body: str) -> str:
+    indented = "".join(f"    {line}" if line.strip() else line for line in body.splitlines(keepends=True))
+    return f"{name} as (\n{indented})"
+
+
+def _model(description: str, ctes: Sequence[tuple[str, str, str]], final: str) -> str:
+    """A model: the header, a comment, ``with`` CTEs (name, comment, body) and the final select."""
+    parts = []
+    for name, comment, body in ctes:
+        parts.append("".join(f"-- {line}\n" for line in comment.splitlines()) + _cte(name, body))
+    comment = "".join(f"-- {line}\n" for line in description.splitlines())
+    return HEADER.format(version=SPEC_VERSION) + comment + "with\n\n" + ",\n\n".join(parts) + "\n\n" + final
+
+
+def _ratio(numerator: str, denominator: str) -> str:
+    """numerator / denominator, 0 when the denominator is not positive; laid out as a column of a select."""
+    return f"case\n        when {denominator} > 0 then {numerator} / {denominator}\n        else 0\n    end"
 
 
 def _window_model(entity: str, feats: list[Feature]) -> str:
-    """Trailing windows [t - w, t]: RANGE frames include same-instant peers, so later peers are subtracted.
+    """Trailing windows [t - w, t]: range frames include same-instant peers, so later peers are subtracted.
 
     ``max`` (this transaction excluded) is the larger of the max over strictly earlier instants and the max
     over the same-instant peers that sort before it (a max cannot be subtracted from).
     """
-    has_max = any(f.agg == "max" for f in feats)
-    peer_cols = [
-        "        coalesce(count(*) over same_instant, 0) as later_n",
-        "        coalesce(sum(tx_amount) over same_instant, 0) as later_amount",
-    ]
     peers = f"partition by {entity}, tx_datetime order by transaction_id"
-    peer_windows = [f"    window same_instant as (\n        {peers}\n"
-                    "        rows between 1 following and unbounded following\n    )"]
-    if has_max:
-        peer_cols.append("        coalesce(max(tx_amount) over earlier_same_instant, 0) as earlier_peer_max")
-        peer_windows.append(f"    earlier_same_instant as (\n        {peers}\n"
-                            "        rows between unbounded preceding and 1 preceding\n    )")
-    out = [
-        HEADER.format(version=SPEC_VERSION),
-        f"with transactions as (\n    select transaction_id, tx_datetime, {entity}, tx_amount\n"
-        "    from {{ ref('stg_transactions') }}\n),\n",
-        "\n-- Same-instant transactions of one entity are ordered by transaction_id: a transaction sees\n"
-        "-- the earlier ones only, as a stream would.\n",
-        "later_peers as (\n    select\n        *,\n",
-        ",\n".join(peer_cols) + "\n    from transactions\n" + ",\n".join(peer_windows) + "\n)\n\n",
-        "select\n    transaction_id",
+    peer_cols = [
+        "*",
+        "coalesce(count(*) over later_peers, 0) as later_peer_count",
+        "coalesce(sum(tx_amount) over later_peers, 0) as later_peer_amount",
     ]
+    peer_windows: list[tuple[str, str | tuple[str, ...]]] = [
+        ("later_peers", (peers, "rows between 1 following and unbounded following"))
+    ]
+    if any(f.agg == "max" for f in feats):
+        peer_cols.append("coalesce(max(tx_amount) over earlier_peers, 0) as earlier_peer_max_amount")
+        peer_windows.append(("earlier_peers", (peers, "rows between unbounded preceding and 1 preceding")))
+
+    # One aggregate per (aggregate, window), shared by the features that read it (a count and a mean).
+    frames: dict[str, str] = {}
+    aggregates: dict[str, str] = {}
+    features: list[str] = []
     for f in feats:
-        assert f.window is not None
-        frame = (
-            f"(partition by {entity} order by tx_datetime range between {_interval(f.window)} "
-            "preceding and current row)"
-        )
-        n = f"(count(*) over {frame} - later_n)"
-        if f.agg == "count":
-            out.append(f",\n    {n} as {f.name}")
-        elif f.agg == "mean":
-            out.append(f",\n    (sum(tx_amount) over {frame} - later_amount) / {n} as {f.name}")
+        if f.window is None:
+            raise ValueError(f"window feature {f.name} needs a window")
+        span, since = _span(f.window), _interval(f.window)
+        if f.agg in ("count", "mean"):
+            frames[f"last_{span}"] = f"by_time range between {since} preceding and current row"
+            aggregates[f"tx_count_{span}"] = f"count(*) over last_{span} - later_peer_count"
+            if f.agg == "count":
+                features.append(f"tx_count_{span} as {f.name}")
+            else:
+                aggregates[f"amount_sum_{span}"] = f"sum(tx_amount) over last_{span} - later_peer_amount"
+                features.append(f"amount_sum_{span} / tx_count_{span} as {f.name}")
         elif f.agg == "max":
-            before = (f"(partition by {entity} order by tx_datetime range between {_interval(f.window)} "
-                      "preceding and interval '1 microseconds' preceding)")
-            out.append(f",\n    greatest(coalesce(max(tx_amount) over {before}, 0), earlier_peer_max)"
-                       f" as {f.name}")
+            frames[f"earlier_{span}"] = f"by_time range between {since} preceding and interval 1 microsecond preceding"
+            aggregates[f"earlier_max_amount_{span}"] = f"coalesce(max(tx_amount) over earlier_{span}, 0)"
+            features.append(f"greatest(earlier_max_amount_{span}, earlier_peer_max_amount) as {f.name}")
         else:
             raise ValueError(f"unknown window agg {f.agg!r} for {f.name}")
-    out.append("\nfrom later_peers\n")
-    return "".join(out)
+
+    return _model(
+        _description("window", entity, feats),
+        [
+            ("transactions", "",
+             _select(["transaction_id", "tx_datetime", entity, "tx_amount"]) + "from {{ ref('stg_transactions') }}\n"),
+            ("same_instant_peers",
+             "Transactions of one entity at the same instant are ordered by transaction_id: each sees the earlier\n"
+             "ones only, as a stream would. A range frame holds them all, so the later ones are subtracted.",
+             _select(peer_cols) + "from transactions\n" + _window_clause(peer_windows)),
+            ("windowed", "",
+             _select(["*", *(f"{expr} as {name}" for name, expr in aggregates.items())])
+             + "from same_instant_peers\n"
+             + _window_clause([("by_time", f"partition by {entity} order by tx_datetime"), *frames.items()])),
+        ],
+        _select(["transaction_id", *features]) + "from windowed\n",
+    )
 
 
 def _delayed_model(entity: str, feats: list[Feature]) -> str:
@@ -84,62 +152,78 @@ def _delayed_model(entity: str, feats: list[Feature]) -> str:
     if len(delays) != 1:
         raise ValueError("delayed_window features of one entity must share one delay")
     (delay,) = delays
-    assert delay is not None
-    longest = max(f.window for f in feats if f.window is not None)
-    lines = [
-        HEADER.format(version=SPEC_VERSION),
-        f"with transactions as (\n    select transaction_id, tx_datetime, {entity}\n"
-        "    from {{ ref('stg_transactions') }}\n),\n\n",
-        "known_frauds as (\n"
-        f"    select t.{entity}, t.tx_datetime, l.label_time\n"
-        "    from {{ ref('stg_labels') }} as l\n"
-        "    inner join {{ ref('stg_transactions') }} as t using (transaction_id)\n"
-        "    where l.tx_fraud = 1\n),\n\n",
-        "-- Frauds are rare, so a range join on them is cheap; label_time <= t is the point-in-time rule.\n"
-        "fraud_counts as (\n    select\n        t.transaction_id",
+    if delay is None or any(f.window is None for f in feats):
+        raise ValueError("delayed_window features need a window and a delay")
+    windows = sorted({f.window for f in feats if f.window is not None})
+    fraud_windows = sorted({f.window for f in feats if f.window is not None and f.agg == "fraud_rate"})
+    until = _interval(delay)
+
+    fraud_cols = ["t.transaction_id"] + [
+        f"count(*) filter (where k.tx_datetime >= t.tx_datetime - {_interval(delay + w)}) as fraud_count_{_span(w)}"
+        for w in fraud_windows
     ]
-    for f in feats:
-        if f.agg == "fraud_rate":
-            assert f.window is not None
-            since = _interval(delay + f.window)
-            lines.append(
-                f",\n        count(*) filter (where k.tx_datetime >= t.tx_datetime - {since})"
-                f" as n_fraud_{f.name}"
-            )
-    lines.append(
-        "\n    from transactions as t\n    inner join known_frauds as k\n"
-        f"        on k.{entity} = t.{entity}\n"
-        "        and k.label_time <= t.tx_datetime\n"
-        f"        and k.tx_datetime >= t.tx_datetime - {_interval(delay + longest)}\n"
-        f"        and k.tx_datetime <= t.tx_datetime - {_interval(delay)}\n"
-        "    group by t.transaction_id\n),\n\n"
+    fraud_counts = (
+        _select(fraud_cols)
+        + "from transactions as t\n"
+        + "inner join known_frauds as k\n"
+        + f"    on k.{entity} = t.{entity}\n"
+        + "    and k.label_time <= t.tx_datetime\n"
+        + f"    and k.tx_datetime >= t.tx_datetime - {_interval(delay + max(fraud_windows, default=delay))}\n"
+        + f"    and k.tx_datetime <= t.tx_datetime - {until}\n"
+        + "group by t.transaction_id\n"
     )
-    lines.append("counts as (\n    select\n        transaction_id")
-    # One window per distinct length: a count and a fraud rate over the same frame share it.
-    for window in sorted({f.window for f in feats if f.window is not None}):
-        lines.append(
-            f",\n        count(*) over (partition by {entity} order by tx_datetime range between "
-            f"{_interval(delay + window)} preceding and {_interval(delay)} preceding) as {_n_tx(window)}"
+    tx_counts = (
+        _select(["transaction_id", *(f"count(*) over delayed_{_span(w)} as tx_count_{_span(w)}" for w in windows)])
+        + "from transactions\n"
+        + _window_clause(
+            [("by_time", f"partition by {entity} order by tx_datetime")]
+            + [(f"delayed_{_span(w)}", f"by_time range between {_interval(delay + w)} preceding and {until} preceding")
+               for w in windows]
         )
-    lines.append("\n    from transactions\n)\n\nselect\n    c.transaction_id")
+    )
+    features = []
     for f in feats:
         assert f.window is not None
-        n_tx = f"c.{_n_tx(f.window)}"
+        span = _span(f.window)
         if f.agg == "count":
-            lines.append(f",\n    {n_tx} as {f.name}")
+            features.append(f"tx_count_{span} as {f.name}")
         elif f.agg == "fraud_rate":
-            lines.append(
-                f",\n    case when {n_tx} > 0\n"
-                f"        then coalesce(fc.n_fraud_{f.name}, 0) / {n_tx} else 0 end as {f.name}"
-            )
+            features.append(f"{_ratio(f'coalesce(fraud_count_{span}, 0)', f'tx_count_{span}')} as {f.name}")
         else:
             raise ValueError(f"unknown delayed_window agg {f.agg!r} for {f.name}")
-    lines.append("\nfrom counts as c\nleft join fraud_counts as fc using (transaction_id)\n")
-    return "".join(lines)
+
+    transactions = _select(["transaction_id", "tx_datetime", entity]) + "from {{ ref('stg_transactions') }}\n"
+    known_frauds = (
+        _select([f"t.{entity}", "t.tx_datetime", "l.label_time"])
+        + "from {{ ref('stg_labels') }} as l\n"
+        + "inner join {{ ref('stg_transactions') }} as t using (transaction_id)\n"
+        + "where l.tx_fraud = 1\n"
+    )
+    ctes = [("transactions", "", transactions)]
+    final = _select(["transaction_id", *features]) + "from tx_counts\n"
+    if fraud_windows:
+        ctes += [
+            ("known_frauds", "", known_frauds),
+            ("fraud_counts",
+             "Frauds are rare, so a range join on them is cheap; label_time <= t is the point-in-time rule.",
+             fraud_counts),
+        ]
+        final += "left join fraud_counts using (transaction_id)\n"
+    ctes.append(("tx_counts", "", tx_counts))
+    return _model(
+        _description("delayed_window", entity, feats),
+        ctes,
+        final,
+    )
 
 
-def _n_tx(window: timedelta) -> str:
-    return f"n_tx_{int(window.total_seconds())}s"
+def _description(kind: str, entity: str, feats: list[Feature]) -> str:
+    who = ENTITY_PREFIX[entity]
+    if kind == "window":
+        return f"Per transaction, its {who}'s transactions in trailing windows [t - window, t]."
+    delay = _interval(feats[0].delay or timedelta(0)).removeprefix("interval ")
+    return (f"Per transaction, its {who}'s transactions and known frauds in windows that end {delay} before it\n"
+            f"(the label delay): [t - {delay} - window, t - {delay}].")
 
 
 def _model_name(kind: str, entity: str) -> str:
@@ -156,44 +240,31 @@ def _groups() -> dict[str, list[Feature]]:
 
 
 def _mart(groups: dict[str, list[Feature]]) -> str:
-    owner = {f.name: model for model, feats in groups.items() for f in feats}
-    aliases = {model: f"w{i}" for i, model in enumerate(groups)}
-    cols = []
+    """Import CTEs, one joined row per transaction, then every feature cast to double in spec order."""
+    imports = [("transactions", "stg_transactions"), ("labels", "stg_labels")]
+    imports += [(model.removeprefix("int_"), model) for model in groups]
+    joined = (
+        "select *\nfrom transactions\n"
+        + "".join(f"inner join {name} using (transaction_id)\n" for name, _ in imports[2:])
+        + "left join labels using (transaction_id)\n"
+    )
+    computed = []
     for f in FEATURES:
         if f.kind == "row":
             assert f.op is not None
-            expr = ROW_SQL[f.op].replace("tx_", "s.tx_")
+            if ROW_SQL[f.op] != f.name:
+                computed.append(f"{ROW_SQL[f.op]} as {f.name}")
         elif f.kind == "ratio":
-            num = _column_ref(f.numerator, owner, aliases)
-            den = _column_ref(f.denominator, owner, aliases)
-            expr = f"case when {den} > 0 then {num} / {den} else 0 end"
-        else:
-            expr = f"{aliases[owner[f.name]]}.{f.name}"
-        cols.append(f"    cast({expr} as double) as {f.name}")
-    joins = "".join(
-        f"inner join {{{{ ref('{m}') }}}} as {a} on {a}.transaction_id = s.transaction_id\n"
-        for m, a in aliases.items()
+            if f.numerator is None or f.denominator is None:
+                raise ValueError("ratio needs numerator and denominator")
+            computed.append(f"{_ratio(f.numerator, f.denominator)} as {f.name}")
+    ids = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_fraud", "label_time"]
+    return _model(
+        "One row per transaction: identifiers, label, and every feature as of tx_datetime.",
+        [(name, "", f"select * from {{{{ ref('{model}') }}}}\n") for name, model in imports]
+        + [("joined", "", joined), ("features", "", _select(["*", *computed]) + "from joined\n")],
+        _select([*ids, *(f"cast({f.name} as double) as {f.name}" for f in FEATURES)]) + "from features\n",
     )
-    return (
-        HEADER.format(version=SPEC_VERSION)
-        + "-- One row per transaction: identifiers, label, and every feature as of tx_datetime.\n"
-        "select\n    s.transaction_id,\n    s.tx_datetime,\n    s.customer_id,\n    s.terminal_id,\n"
-        "    l.tx_fraud,\n    l.label_time,\n"
-        + ",\n".join(cols)
-        + "\nfrom {{ ref('stg_transactions') }} as s\n"
-        + joins
-        + "left join {{ ref('stg_labels') }} as l on l.transaction_id = s.transaction_id\n"
-    )
-
-
-def _column_ref(name: str | None, owner: dict[str, str], aliases: dict[str, str]) -> str:
-    if name is None:
-        raise ValueError("ratio needs numerator and denominator")
-    if name in owner:
-        return f"{aliases[owner[name]]}.{name}"
-    return f"s.{name}"
-
-
 def _tests_for(f: Feature) -> list:
     tests: list = ["not_null"]
     if f.kind == "row" and f.op in ("weekend", "night"):
@@ -243,15 +314,14 @@ def _schema(groups: dict[str, list[Feature]]) -> str:
         + [
             {
                 "name": model,
-                "description": f"Spec-rendered {'trailing' if 'delayed' not in model else 'label-delayed'} "
-                "window aggregates for one entity.",
+                "description": _description(feats[0].kind, feats[0].entity or "", feats).replace("\n", " "),
                 "columns": [{"name": "transaction_id", "data_tests": ["unique", "not_null"]}]
                 + [{"name": f.name, "description": f.description} for f in feats],
             }
             for model, feats in groups.items()
         ],
     }
-    return "# " + HEADER.format(version=SPEC_VERSION).lstrip("- ") + yaml.safe_dump(doc, sort_keys=False)
+    return "# " + HEADER.format(version=SPEC_VERSION).lstrip("- ") + yaml.safe_dump(doc, sort_keys=False, width=110)
 
 
 def render() -> dict[Path, str]:

@@ -33,14 +33,12 @@ from ml.features.per_transaction import (
 from ml.features.spec import BY_NAME, FEATURE_NAMES
 
 _DAY_US, _HOUR_US = 86_400_000_000, 3_600_000_000
-# Smaller batches may go one by one. Measured through the Redis store (23 features, medians of 300 calls,
-# the store's call included on both sides): numpy costs ~195 µs a call plus ~50 µs a transaction, whatever
-# the histories; one by one ~76 µs a transaction plus ~0.14 µs per history entry of the call's entities
-# (1 tx with ~10 entries: 184 against 348 µs; 1 with ~900: 307 against 359; 4 with ~130 each: 441 against
-# 467; 6 with ~130: 620 against 559). In history entries: one by one wins while 186 n + entries < 1,390.
+# Small batches may go one by one: numpy has a fixed cost per call, the Python path a cost per history entry.
+# Both are in history entries, calibrated through the Redis store (benchmarks/README.md, Feature computation):
+# one by one while _PER_TX_COST * transactions + entries < _NUMPY_COST.
 PER_TX_BELOW = 8
-_PER_TX_COST = 186  # one transaction one by one beyond numpy's per-transaction cost, in entries (26 / 0.14)
-_NUMPY_COST = 1390  # numpy's fixed cost of a call, in history entries (195 µs / 0.14 µs)
+_PER_TX_COST = 186  # one transaction one by one, beyond numpy's cost per transaction
+_NUMPY_COST = 1390  # numpy's fixed cost of a call
 
 # numpy counterparts of ml.features.per_transaction.ROW_PY (times in µs since 1970-01-01, a Thursday: ISO day 4).
 ROW_NP = {
@@ -264,8 +262,7 @@ class _Flat:
         key = (id(slot), back, side, frauds)
         found = self._found.get(key)
         if found is None:
-            # Searched in key order, put back in row order: ~2x faster on 5,000 rows than in row order (the
-            # search walks the data in order, not at random).
+            # Searched in key order, put back in row order: the search then walks the keys in order, not at random.
             at = self._sorted.get(id(slot))
             if at is None:
                 where = slot * self.span + (self.t - self.base)
@@ -333,7 +330,7 @@ def states_of(txs: TxColumns, k: int, cols: BatchColumns) -> dict[str, EntitySta
         c = cols.entity(int(cols.slots[e][k]))
         lo = t - to_us(lookback)
         i, j = np.searchsorted(c.times, lo, "left"), np.searchsorted(c.times, t, "right")
-        # Slices turned into lists at once: indexing numpy element by element cost ~0.3 µs an entry.
+        # Slices turned into lists at once: indexing numpy element by element is slow.
         times, ids, amounts = c.times[i:j].tolist(), list(c.ids[i:j]), c.amounts[i:j].tolist()
         if later:
             keep = [p for p, tid in enumerate(ids) if tid not in later]
