@@ -242,13 +242,13 @@ def _ap(y: np.ndarray, p: np.ndarray) -> float:
 def _river(con, settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[dict, dict]:  # noqa: ANN001
     """Prequential River (the streaming stage's OnlineModel) over the warehouse's feature rows: predict at
     transaction time, learn at label time. Returns scores by transaction id and drift events by day."""
-    from ml.features.spec import FEATURE_NAMES
+    from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
     from ml.online.river_model import make_model
 
     cols = ", ".join(f'"{c}"' for c in FEATURE_NAMES)
     df = con.execute(
         f"select transaction_id, tx_datetime, label_time, tx_fraud, {cols} "
-        "from main.fct_transaction_features where tx_datetime >= ? and tx_datetime < ? "
+        f"from {FEATURES_TABLE} where tx_datetime >= ? and tx_datetime < ? "
         "order by tx_datetime, transaction_id",
         [start.to_pydatetime(), end.to_pydatetime()],
     ).df()

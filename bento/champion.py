@@ -19,8 +19,10 @@ import xgboost as xgb
 
 from bento.explanations import PathContributions
 from ml.features.spec import FEATURE_NAMES, SPEC_VERSION
+from ml.registry import CHAMPION_NAME
+from ml.settings import get_settings
 
-MODEL_NAME = "fraud-champion"
+MODEL_NAME = CHAMPION_NAME
 # Up to this many rows, contributions come from numpy (bento.explanations: 61 µs for one row against
 # 317 µs through a DMatrix, 324 against 544 µs for 32 rows); XGBoost's own call wins from about 256 rows
 # (1,024 rows: 10.8 ms against 14.8 ms).
@@ -106,7 +108,7 @@ def load_champion(tag: str = f"{MODEL_NAME}:latest", threshold: float | None = N
     booster.set_param({"nthread": 1})  # one request = one small prediction; threads only add overhead
     thr = float(threshold if threshold is not None else meta.get("threshold", DEFAULT_THRESHOLD))
     objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
-    exact = os.environ.get("FRAUD_EXACT_SHAP", "0") == "1"
+    exact = get_settings().exact_shap
     champ = Champion(str(model.tag), booster, names, thr, spec, str(meta.get("source_tag", "")),
                      exact_reasons=exact, logistic=objective == "binary:logistic",
                      paths=None if exact else PathContributions.from_booster(booster))

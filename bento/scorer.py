@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter
 
-from bento.champion import Champion, latest_tag, load_champion
+from bento.champion import MODEL_NAME, Champion, latest_tag, load_champion
 from bento.online_model import RiverWatcher, river_opinions
 from bento.schemas import ColumnsResult, ScoreResult
 from ml.features.per_transaction import TxEvent, compute_features, tx_event
@@ -48,14 +48,14 @@ class Scorer:
     def __init__(self, settings: Settings | None = None, store: OnlineStore | None = None,
                  policy: str | None = None, n_reasons: int = 3, threshold: float | None = None):
         self.settings = settings or get_settings()
-        self.policy = policy or os.environ.get("FRAUD_STORE_FAILURE", "closed")
+        self.policy = policy or self.settings.store_failure
         if self.policy not in POLICIES:
             raise ValueError(f"FRAUD_STORE_FAILURE must be one of {POLICIES}, not {self.policy!r}")
-        prefix = os.environ.get("FRAUD_REDIS_PREFIX")
+        prefix = self.settings.redis_prefix
         self.store = store or make_store(self.settings, prefix=prefix)
         self.features = OnlineFeatures(self.store)
         self.n_reasons = n_reasons
-        self.threshold = threshold if threshold is not None else _env_float("FRAUD_THRESHOLD")
+        self.threshold = threshold if threshold is not None else self.settings.threshold
         self.champion: Champion | None = None
         self.load_error: str | None = "not loaded yet"
         self.river = RiverWatcher(self.settings.data_dir)
@@ -66,7 +66,7 @@ class Scorer:
         """Load ``tag`` (default: latest champion), swap it in atomically; keep the old one on error."""
         with self._reload_lock:
             try:
-                champ = load_champion(tag or "fraud-champion:latest", threshold=self.threshold)
+                champ = load_champion(tag or f"{MODEL_NAME}:latest", threshold=self.threshold)
             except Exception as exc:
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 log.error("cannot load champion %s: %s", tag or "latest", self.load_error)
@@ -193,11 +193,6 @@ def _audit_reload(actor: str, from_tag: str | None, to_tag: str) -> None:
         log.warning("reload of %s not recorded in the decision log: %s", to_tag, exc)
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value else None
-
-
 def reload_signal_path(settings: Settings) -> Path:
     """The file ``/reload`` touches so that every worker sharing the model store reloads, not only the one
     that answered (workers of one ``bentoml serve`` share no memory)."""
@@ -275,7 +270,7 @@ class MicroBatcher:
         self.scorer, self.max_size, self.on_drain = scorer, max_size, on_drain
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._scheduled = False  # a drain is scheduled or running: new requests wait for the next one
-        self.defer = int(os.environ.get("FRAUD_DRAIN_DEFER", "2"))
+        self.defer = scorer.settings.drain_defer
         self.drains = 0  # how many scoring calls served the requests (tests; the service exports a histogram)
         self._task: asyncio.Task | None = None  # the running drain (a reference keeps it alive)
 

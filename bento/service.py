@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, TypeVar
@@ -49,10 +48,12 @@ from bento.schemas import (
 )
 from bento.scorer import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
 from ml.online.store import StoreUnavailable
+from ml.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BULK_THREADS = int(os.environ.get("FRAUD_BULK_THREADS", "2"))  # bulk requests scored at once, per worker
+_settings = get_settings()  # the service decorator takes its arguments when the module is imported
+BULK_THREADS = _settings.bulk_threads  # bulk requests scored at once, per worker
 use_project_model_store()  # BENTOML_HOME inside the project's data directory unless set
 # Refused here, in the `bentoml serve` process, before anything listens: a network address without a token.
 security.check_bind(security.AccessPolicy.from_env(), security.requested_hosts())
@@ -82,11 +83,11 @@ def _unavailable(exc: Exception) -> JSONResponse:
 
 @bentoml.service(
     name="fraud_scorer",
-    workers=int(os.environ.get("FRAUD_SERVE_WORKERS", "1")),
+    workers=_settings.serve_workers,
     traffic={"timeout": 10},
     http={"host": security.serve_host()},
-    logging={"access": {"enabled": os.environ.get("FRAUD_ACCESS_LOG", "0") == "1"}},
-    tracing={"excluded_urls": [] if os.environ.get("FRAUD_TRACE_SCORING") == "1" else _SCORING_ROUTES},
+    logging={"access": {"enabled": _settings.access_log}},
+    tracing={"excluded_urls": [] if _settings.trace_scoring else _SCORING_ROUTES},
 )
 class FraudScorer:
     # Declared so `bentoml build` packs the champion into the Bento; loaded (and hot-swapped) by Scorer.
@@ -117,7 +118,7 @@ class FraudScorer:
         # full collections, whose pause is proportional to the objects tracked, out of the latency tail.
         gc.collect()
         gc.freeze()
-        self.poller = ChampionPoller(self.scorer, float(os.environ.get("FRAUD_MODEL_POLL_S", "30")),
+        self.poller = ChampionPoller(self.scorer, self.scorer.settings.model_poll_s,
                                      signal=reload_signal_path(self.scorer.settings))
         self.poller.start()
 

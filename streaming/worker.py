@@ -58,6 +58,8 @@ from ml.online.checkpoint import OP_PENDING
 from ml.online.features import OnlineFeatures
 from ml.online.river_model import OnlineModel, make_model
 from ml.online.store import Label
+from ml.registry import CHAMPION_NAME
+from ml.settings import get_settings
 from streaming.sources import EventSource, Message
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ STORE_CHUNK = 5_000
 
 
 def streaming_dir(settings) -> Path:
-    return settings.data_dir / "streaming"
+    return settings.streaming_dir
 
 
 # ------------------------------------------------------------------------------------------- champion
@@ -95,7 +97,7 @@ class Champion:
         return np.asarray(self.model.inplace_predict(X), dtype=np.float64)
 
 
-def load_champion(settings=None, name: str = "fraud-champion") -> Champion | None:
+def load_champion(settings=None, name: str = CHAMPION_NAME) -> Champion | None:
     """The champion from the BentoML model store, or None when none is registered yet."""
     from ml.settings import export_tool_env
 
@@ -249,7 +251,7 @@ class Worker:
         self.store_chunk = max(1, store_chunk)
         self.fold_min_ops = fold_min_ops
         self.freeze_gc = freeze_gc
-        self.drift_file = streaming_dir(settings) / "drift_events.jsonl"
+        self.drift_file = settings.drift_events_path
         self.stats = WorkerStats()
         self.model = model or make_model()
         self.position: dict[str, int] = {}
@@ -390,8 +392,8 @@ class Worker:
         # Fault injection for the crash tests: SIGKILL ourselves after N events (no cleanup, no flush), once
         # at least K checkpoints are on disk; writes are off-thread, so on a loaded machine event counts alone
         # would not say how many have landed.
-        kill_after = int(os.environ.get("FRAUD_FAULT_KILL_AFTER_EVENTS", "0") or 0)
-        kill_min_seq = int(os.environ.get("FRAUD_FAULT_KILL_MIN_CHECKPOINTS", "0") or 0)
+        faults = get_settings()
+        kill_after, kill_min_seq = faults.fault_kill_after_events, faults.fault_kill_min_checkpoints
         try:
             while max_events is None or done < max_events:
                 n = self.batch_size if max_events is None else min(self.batch_size, max_events - done)

@@ -23,10 +23,10 @@ from evidently.metrics import DriftedColumnsCount, ValueDrift
 from evidently.presets import ClassificationPreset
 from sklearn.metrics import average_precision_score
 
+from ml.features.spec import FEATURES_TABLE
 from ml.monitoring.thresholds import DriftThresholds
 from ml.settings import Settings
 
-FEATURES_TABLE = "main.fct_transaction_features"
 SCORE = "score"
 TARGET = "tx_fraud"
 

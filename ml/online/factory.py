@@ -22,5 +22,6 @@ def make_store(settings: Settings | None = None, *, prefix: str | None = None) -
         return MemoryStore()
     if settings.online_store == "redis":
         entities = {e: lb + REPLAY_MARGIN for e, lb in WINDOW_ENTITIES.items()}
-        return RedisStore(settings.redis_url, entities=entities, **({"prefix": prefix} if prefix else {}))
+        return RedisStore(settings.redis_url.get_secret_value(), entities=entities,
+                          **({"prefix": prefix} if prefix else {}))
     raise ValueError(f"unknown online store {settings.online_store!r} (expected 'memory' or 'redis')")
