@@ -51,8 +51,7 @@ class Scorer:
         self.policy = policy or self.settings.store_failure
         if self.policy not in POLICIES:
             raise ValueError(f"FRAUD_STORE_FAILURE must be one of {POLICIES}, not {self.policy!r}")
-        prefix = self.settings.redis_prefix
-        self.store = store or make_store(self.settings, prefix=prefix)
+        self.store = store or make_store(self.settings)
         self.features = OnlineFeatures(self.store)
         self.n_reasons = n_reasons
         self.threshold = threshold if threshold is not None else self.settings.threshold

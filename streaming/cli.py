@@ -61,7 +61,7 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
 @click.option("--compact-after", type=int, default=None,
               help="Fold the checkpoint's change log into a new base after N changes (default 500,000, "
                    "or 4 per pending transaction if more).")
-@click.option("--redis-prefix", default=None, help="Key prefix in Redis (default fraud:).")
+@click.option("--redis-prefix", default=None, help="Key prefix in Redis (default FRAUD_REDIS_PREFIX, else fraud:).")
 def worker(events, store, path, from_warehouse, start, end, speedup, rate, bootstrap, idle_timeout,
            max_events, model, no_champion, fresh, checkpoint_every, compact_after, redis_prefix) -> None:
     """Run the stream worker: online features, XGBoost + River scores, River learning, drift events."""

@@ -117,7 +117,7 @@ def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None
     assert meta["rolling_labels_learned"].value == len(tiny)
     assert Path(meta["snapshot"].value).exists()
 
-    drift_file = settings.data_dir / "streaming" / "drift_events.jsonl"
+    drift_file = settings.drift_events_path
     drift_file.parent.mkdir(parents=True, exist_ok=True)
     event = {"time": "2018-05-01T00:00:00", "detector": "ADWIN", "stream": "river_error", "details": {}}
     with open(drift_file, "a") as f:

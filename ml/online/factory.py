@@ -16,8 +16,9 @@ REPLAY_MARGIN = timedelta(days=2)
 
 
 def make_store(settings: Settings | None = None, *, prefix: str | None = None) -> OnlineStore:
-    """The configured backend; ``prefix`` namespaces a Redis store's keys (tests, benchmarks)."""
+    """The configured backend; ``prefix`` (default FRAUD_REDIS_PREFIX) namespaces a Redis store's keys."""
     settings = settings or get_settings()
+    prefix = prefix or settings.redis_prefix
     if settings.online_store == "memory":
         return MemoryStore()
     if settings.online_store == "redis":
