@@ -32,6 +32,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from ml.settings import get_settings
+
 MAX_ID_LEN = 64
 # Unicode categories an identifier may not contain: controls (the online store's separators among them),
 # format characters (invisible, e.g. U+200B), line and paragraph separators (U+2028/9) and surrogates.
@@ -63,8 +65,6 @@ class Limits:
 
 @lru_cache(maxsize=1)
 def limits() -> Limits:
-    from ml.settings import get_settings
-
     s = get_settings()
     return Limits(max_amount=s.max_amount, min_time=s.min_tx_time, max_ahead=timedelta(seconds=s.max_tx_ahead_s))
 

@@ -1,7 +1,7 @@
 """Runtime configuration: every ``FRAUD_*`` environment variable, typed, with its default, in one object.
 
-``get_settings()`` reads the environment on each call (tests and CLIs change it at run time); modules read
-their configuration from it, never from ``os.environ``. Every path lives under ``FRAUD_DATA_DIR`` (default
+``get_settings()`` follows the environment as it is at each call (tests and CLIs change it at run time);
+modules read their configuration from it, never from ``os.environ``. Every path lives under ``FRAUD_DATA_DIR`` (default
 ``<project>/data``): the DuckDB warehouse, the BentoML model store, raw source caches, reports, the stream
 worker's files. Real servers (Redis, Kafka) are opt-in switches. Secrets are ``SecretStr``: they print as
 ``**********``. ``docs/configuration.md`` is generated from this class: ``python -m ml.settings --write``.
@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     start_date: str = Field("2018-04-01", description="First day of the data (ISO date).")
     end_date: str = Field("2018-10-01", description="Last day of the data (ISO date).")
     label_delay_days: float = Field(7.0, description="Days after a transaction before its label is known.")
+    # Unset: ml.data.simulate.SimulationConfig's defaults.
     sim_customers: int | None = Field(None, **_doc("Simulated customers.", "simulator default"))
     sim_terminals: int | None = Field(None, **_doc("Simulated terminals.", "simulator default"))
     sim_days: int | None = Field(None, **_doc("Simulated days.", "simulator default"))
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
     sim_drift_start_day: int | None = Field(None, **_doc(
         "Day at which the simulation injects drift (none: no drift).", "no drift"))
     sim_label_delay: str | None = Field(None, **_doc(
-        "Label delay model of the simulation (see ml.data.simulate.SimulationConfig).", "simulator default"))
+        "Simulated label delay: `fixed:D` or `uniform:LO:HI` (days).", "simulator default"))
 
     # -- transaction contract (service, stream and ingest) --------------------------------------------
     max_amount: float = Field(1_000_000.0, description="Largest accepted transaction amount.")
@@ -131,7 +132,7 @@ class Settings(BaseSettings):
     fault_kill_min_checkpoints: int = Field(0, description=(
         "Fault injection (crash tests): ... and once at least this many checkpoints are written."))
 
-    # -- monitoring: overrides of ml.monitoring.thresholds.DriftThresholds (None: its default) -----------
+    # -- monitoring (FRAUD_DRIFT_*: overrides of ml.monitoring.thresholds.DriftThresholds; unset: its default)
     parity_days: Literal["all"] | float = Field(3.0, description=(
         "Days the online/offline feature parity checks replay (`all` or `0`: every day)."))
     drift_features: str | None = Field(None, **_doc("Monitored features, comma-separated.", "DriftThresholds"))

@@ -40,6 +40,7 @@ def test_only_the_settings_read_fraud_variables() -> None:
 
 
 def test_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("FRAUD_WAREHOUSE", raising=False)  # export_tool_env sets it for dbt
     monkeypatch.setenv("FRAUD_ONLINE_STORE", "redis")
     monkeypatch.setenv("FRAUD_THRESHOLD", "0.3")
     monkeypatch.setenv("FRAUD_EXACT_SHAP", "1")

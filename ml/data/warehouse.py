@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 
 from ml.features.spec import FEATURES_MART, FEATURES_TABLE
+from ml.settings import get_settings
 
 FEATURES_VIEW = FEATURES_MART  # same name as the mart, so the readers' SQL serves both
 _GENERATIONS = ".features-generations"
@@ -97,8 +98,6 @@ def connect_read_only(warehouse: Path | str, wait_s: float | None = None) -> duc
     if not path.exists():
         raise FileNotFoundError(f"warehouse {path} not found: run ingest and features first")
     if wait_s is None:
-        from ml.settings import get_settings
-
         wait_s = get_settings().warehouse_wait_s
     deadline = time.monotonic() + wait_s
     pause = 0.1

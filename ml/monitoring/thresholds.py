@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from ml.features.spec import FEATURE_NAMES
+from ml.settings import get_settings
 
 # Distance methods of Evidently (higher = more drift; drift when score >= threshold). p-value tests are left
 # out on purpose: with thousands of rows a day they call every tiny, harmless difference significant.
@@ -89,8 +90,6 @@ class DriftThresholds:
     @classmethod
     def from_env(cls) -> DriftThresholds:
         """Defaults overridden by the ``FRAUD_DRIFT_<FIELD>`` settings (e.g. FRAUD_DRIFT_DRIFTED_SHARE=0.3)."""
-        from ml.settings import get_settings
-
         settings = get_settings()
         overrides: dict[str, object] = {}
         for f in fields(cls):
