@@ -17,7 +17,6 @@ error stream raised (ADWIN), and the cost of a predict + learn.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -153,8 +152,8 @@ def adaptation_report(df: pd.DataFrame, drift_start: str | pd.Timestamp, setting
 
     onset = pd.Timestamp(drift_start).normalize()
     base = settings or get_settings()
-    settings = dataclasses.replace(base, data_dir=Path(tempfile.mkdtemp(prefix="adaptation-")),
-                                   online_store="memory")
+    settings = base.model_copy(update={"data_dir": Path(tempfile.mkdtemp(prefix="adaptation-")),
+                                       "online_store": "memory"})
     candidates = candidates or list(CANDIDATES)
     if DEFAULT_MODEL not in candidates:
         candidates = [DEFAULT_MODEL, *candidates]

@@ -22,6 +22,7 @@ import duckdb
 
 from ml.data.ingest import land
 from ml.data.simulate import SimulationConfig, simulate, write_transactions
+from ml.features.spec import FEATURES_TABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,7 +54,7 @@ def main() -> None:
     sql_s = sum(r["execution_time"] for r in run_results["results"])
     features_build_s = dbt("build")
     with duckdb.connect(str(db), read_only=True) as con:
-        n_feat = con.execute("select count(*) from main.fct_transaction_features").fetchone()[0]
+        n_feat = con.execute(f"select count(*) from {FEATURES_TABLE}").fetchone()[0]
     result = {
         "simulate_s": round(simulate_s, 2),
         "features_s": round(features_s, 2),

@@ -377,14 +377,15 @@ def main() -> None:
     booster.save_model(str(booster_file))
     import redis
 
-    redis.Redis.from_url(settings.redis_url).ping()  # fail early: the benchmark is defined with Redis
+    redis_url = settings.redis_url.get_secret_value()
+    redis.Redis.from_url(redis_url).ping()  # fail early: the benchmark is defined with Redis
 
     # One process a side: latency, batch, and the service's own overhead against the bare endpoint's. Then
     # one process per core a side (BENCH_WORKERS overrides): what the machine serves (Redis is the shared
     # state, so the service's workers may be several).
     workers = int(os.environ.get("BENCH_WORKERS", os.cpu_count() or 1))
-    one = _run_pair(1, booster_file, tmp, settings.redis_url, latency=True)
-    many = _run_pair(workers, booster_file, tmp, settings.redis_url, latency=False) if workers > 1 else one
+    one = _run_pair(1, booster_file, tmp, redis_url, latency=True)
+    many = _run_pair(workers, booster_file, tmp, redis_url, latency=False) if workers > 1 else one
     per_process, machine = _throughput(one["max"]), _throughput(many["max"])
     rate, poisson = one["fixed"], one["poisson"]
     result = {

@@ -32,11 +32,10 @@ CLI = [sys.executable, "-c", "from ml.cli import main; main()"]
 
 
 def _settings(tmp: Path, store: str = "memory"):
-    import dataclasses
 
     from ml.settings import get_settings
 
-    return dataclasses.replace(get_settings(), data_dir=tmp, online_store=store)
+    return get_settings().model_copy(update={"data_dir": tmp, "online_store": store})
 
 
 def train_champion(df, settings, days: int = 10):
@@ -208,7 +207,7 @@ def main() -> None:
     print(f"[streaming] bare River: {bare:,.0f} events/s", flush=True)
 
     redis_rate = None
-    if _redis_up(settings.redis_url):
+    if _redis_up(settings.redis_url.get_secret_value()):
         redis_summary, _ = run_embedded(df, _settings(tmp / "redis", "redis"), champion, tag="redis")
         redis_rate = redis_summary["events_per_s"]
         print(f"[streaming] embedded, Redis store: {redis_rate:,.0f} events/s", flush=True)

@@ -26,13 +26,14 @@ RESULTS = Path(__file__).parent / "results" / "training.json"
 def _ensure_warehouse() -> Path:
     import duckdb
 
+    from ml.features.spec import FEATURES_TABLE
     from ml.settings import get_settings
 
     wh = get_settings().warehouse
     if wh.exists():
         with duckdb.connect(str(wh), read_only=True) as con:
             try:
-                last = con.execute("select max(tx_datetime) from main.fct_transaction_features").fetchone()[0]
+                last = con.execute(f"select max(tx_datetime) from {FEATURES_TABLE}").fetchone()[0]
             except duckdb.CatalogException:
                 last = None
         if last is not None and str(last) >= "2018-08-14":
@@ -47,8 +48,9 @@ def _ensure_warehouse() -> Path:
 
 
 def main() -> None:
-    os.environ.setdefault("DAGSTER_HOME", str(Path(os.environ.get("FRAUD_DATA_DIR", "data")).resolve()
-                                             / "dagster_home"))
+    from ml.settings import get_settings
+
+    os.environ.setdefault("DAGSTER_HOME", str(get_settings().data_dir / "dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     import duckdb
 

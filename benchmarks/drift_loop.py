@@ -244,13 +244,13 @@ def _river(con, settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[dict,
     """River's delayed progressive validation of the streaming stage's OnlineModel over the warehouse's
     feature rows. Returns scores by transaction id and drift events by day."""
     from benchmarks.adaptation import prequential
-    from ml.features.spec import FEATURE_NAMES
+    from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
     from ml.online.river_model import make_model
 
     cols = ", ".join(f'"{c}"' for c in FEATURE_NAMES)
     df = con.execute(
         f"select transaction_id, tx_datetime, label_time, tx_fraud, {cols} "
-        "from main.fct_transaction_features where tx_datetime >= ? and tx_datetime < ? "
+        f"from {FEATURES_TABLE} where tx_datetime >= ? and tx_datetime < ? "
         "order by tx_datetime, transaction_id",
         [start.to_pydatetime(), end.to_pydatetime()],
     ).df()

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "streaming" / "river" / "latest.pkl"
+    from ml.online.checkpoint import HEAD
+    from ml.settings import RIVER_CHECKPOINT_SUBDIR
+
+    return Path(data_dir) / RIVER_CHECKPOINT_SUBDIR / HEAD
 
 
 def load_river_checkpoint(data_dir: Path) -> Any | None:

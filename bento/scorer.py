@@ -50,14 +50,13 @@ class Scorer:
     def __init__(self, settings: Settings | None = None, store: OnlineStore | None = None,
                  policy: str | None = None, n_reasons: int = 3, threshold: float | None = None):
         self.settings = settings or get_settings()
-        self.policy = policy or os.environ.get("FRAUD_STORE_FAILURE", "closed")
+        self.policy = policy or self.settings.store_failure
         if self.policy not in POLICIES:
             raise ValueError(f"FRAUD_STORE_FAILURE must be one of {POLICIES}, not {self.policy!r}")
-        prefix = os.environ.get("FRAUD_REDIS_PREFIX")
-        self.store = store or make_store(self.settings, prefix=prefix)
+        self.store = store or make_store(self.settings)
         self.features = OnlineFeatures(self.store)
         self.n_reasons = n_reasons
-        self.threshold = threshold if threshold is not None else _env_float("FRAUD_THRESHOLD")
+        self.threshold = threshold if threshold is not None else self.settings.threshold
         self.explainer: Explainer | None = None  # the champion, with its reasons
         self.load_error: str | None = "not loaded yet"
         self.river = RiverWatcher(self.settings.data_dir)
@@ -70,7 +69,7 @@ class Scorer:
             try:
                 # One thread: a request is one small prediction, where threads only add overhead.
                 champ = load_champion(tag, threshold=self.threshold, nthread=1)
-                explainer = Explainer.of(champ, exact=os.environ.get("FRAUD_EXACT_SHAP", "0") == "1")
+                explainer = Explainer.of(champ, exact=self.settings.exact_shap)
                 explainer.warm_up()
             except Exception as exc:
                 self.load_error = f"{type(exc).__name__}: {exc}"
@@ -203,11 +202,6 @@ def _audit_reload(actor: str, from_tag: str | None, to_tag: str) -> None:
         log.warning("reload of %s not recorded in the decision log: %s", to_tag, exc)
 
 
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value else None
-
-
 def reload_signal_path(settings: Settings) -> Path:
     """The file ``/reload`` touches so that every worker sharing the model store reloads, not only the one
     that answered (workers of one ``bentoml serve`` share no memory)."""
@@ -285,7 +279,7 @@ class MicroBatcher:
         self.scorer, self.max_size, self.on_drain = scorer, max_size, on_drain
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._scheduled = False  # a drain is scheduled or running: new requests wait for the next one
-        self.defer = int(os.environ.get("FRAUD_DRAIN_DEFER", "2"))
+        self.defer = scorer.settings.drain_defer
         self.drains = 0  # scoring calls so far (the service exports their sizes as a histogram)
         self._task: asyncio.Task | None = None  # the running drain (a reference keeps it alive)
 

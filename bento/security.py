@@ -38,10 +38,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bentoml.exceptions import BentoMLConfigException
+from pydantic import SecretStr
+
+from ml.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_BODY = Settings.model_fields["max_body_bytes"].default
 MIN_TOKEN_LEN = 16
 OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/")
@@ -57,8 +60,8 @@ class UnsafeConfiguration(BentoMLConfigException, RuntimeError):
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("fraud_request_id", default="-")
 
 
-def _token(name: str) -> bytes | None:
-    value = os.environ.get(name, "").strip()
+def _token(name: str, secret: SecretStr | None) -> bytes | None:
+    value = secret.get_secret_value().strip() if secret is not None else ""
     if not value:
         return None
     if len(value) < MIN_TOKEN_LEN:
@@ -75,10 +78,11 @@ class AccessPolicy:
 
     @classmethod
     def from_env(cls) -> AccessPolicy:
-        max_body = int(os.environ.get("FRAUD_MAX_BODY_BYTES") or DEFAULT_MAX_BODY)
-        if max_body <= 0:
+        s = get_settings()
+        if s.max_body_bytes <= 0:
             raise UnsafeConfiguration("FRAUD_MAX_BODY_BYTES must be positive")
-        return cls(_token("FRAUD_API_TOKEN"), _token("FRAUD_ADMIN_TOKEN"), max_body)
+        return cls(_token("FRAUD_API_TOKEN", s.api_token), _token("FRAUD_ADMIN_TOKEN", s.admin_token),
+                   s.max_body_bytes)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -96,7 +100,7 @@ def is_loopback(host: str | None) -> bool:
 
 def serve_host() -> str:
     """The address ``bentoml serve`` binds by default (``FRAUD_SERVE_HOST``, default loopback only)."""
-    return os.environ.get("FRAUD_SERVE_HOST") or "127.0.0.1"
+    return get_settings().serve_host
 
 
 def check_bind(policy: AccessPolicy, hosts: list[str]) -> None:

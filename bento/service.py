@@ -51,10 +51,12 @@ from bento.schemas import (
 from bento.scorer import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
 from ml.champion import CHAMPION_NAME
 from ml.online.store import StoreUnavailable
+from ml.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BULK_THREADS = int(os.environ.get("FRAUD_BULK_THREADS", "2"))  # bulk requests scored at once, per worker
+_settings = get_settings()  # the service decorator takes its arguments when the module is imported
+BULK_THREADS = _settings.bulk_threads  # bulk requests scored at once, per worker
 _decisions = bentoml.metrics.Counter(name="fraud_decisions_total", documentation="Scored transactions.",
                                      labelnames=["decision"])
 _drain_sizes = bentoml.metrics.Histogram(
@@ -80,11 +82,11 @@ def _unavailable(exc: Exception) -> JSONResponse:
 
 @bentoml.service(
     name="fraud_scorer",
-    workers=int(os.environ.get("FRAUD_SERVE_WORKERS", "1")),
+    workers=_settings.serve_workers,
     traffic={"timeout": 10},
     http={"host": security.serve_host()},
-    logging={"access": {"enabled": os.environ.get("FRAUD_ACCESS_LOG", "0") == "1"}},
-    tracing={"excluded_urls": [] if os.environ.get("FRAUD_TRACE_SCORING") == "1" else _SCORING_ROUTES},
+    logging={"access": {"enabled": _settings.access_log}},
+    tracing={"excluded_urls": [] if _settings.trace_scoring else _SCORING_ROUTES},
 )
 class FraudScorer:
     # Declared so `bentoml build` packs the champion into the Bento; loaded (and hot-swapped) by Scorer.
@@ -122,7 +124,7 @@ class FraudScorer:
         # full collections, whose pause is proportional to the objects tracked, out of the latency tail.
         gc.collect()
         gc.freeze()
-        self.poller = ChampionPoller(self.scorer, float(os.environ.get("FRAUD_MODEL_POLL_S", "30")),
+        self.poller = ChampionPoller(self.scorer, self.scorer.settings.model_poll_s,
                                      signal=reload_signal_path(self.scorer.settings))
         self.poller.start()
 

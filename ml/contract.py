@@ -5,7 +5,7 @@ refuse the same values. Python callers use the ``check_*`` functions (or the Pyd
 SQL and polars callers use the same limits and ``FORBIDDEN_ID_CHARS``, a pattern that RE2 (DuckDB) and Rust's
 regex (polars) both understand.
 
-Limits come from the environment (read once per process, ``limits.cache_clear()`` re-reads):
+Limits come from the settings (read once per process, ``limits.cache_clear()`` re-reads):
 ``FRAUD_MAX_AMOUNT`` (default 1,000,000), ``FRAUD_MIN_TX_TIME`` (default 2000-01-01, UTC) and
 ``FRAUD_MAX_TX_AHEAD_S`` (how far past now a timestamp may lie, default one day).
 """
@@ -13,7 +13,6 @@ Limits come from the environment (read once per process, ``limits.cache_clear()`
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 import unicodedata
@@ -32,6 +31,8 @@ from pydantic import (
     StrictStr,
     WithJsonSchema,
 )
+
+from ml.settings import get_settings
 
 MAX_ID_LEN = 64
 # Unicode categories an identifier may not contain: controls (the online store's separators among them),
@@ -64,12 +65,8 @@ class Limits:
 
 @lru_cache(maxsize=1)
 def limits() -> Limits:
-    env = os.environ
-    return Limits(
-        max_amount=float(env.get("FRAUD_MAX_AMOUNT") or 1_000_000),
-        min_time=datetime.fromisoformat(env.get("FRAUD_MIN_TX_TIME") or "2000-01-01"),
-        max_ahead=timedelta(seconds=float(env.get("FRAUD_MAX_TX_AHEAD_S") or 86_400)),
-    )
+    s = get_settings()
+    return Limits(max_amount=s.max_amount, min_time=s.min_tx_time, max_ahead=timedelta(seconds=s.max_tx_ahead_s))
 
 
 def check_identifier(value: Any) -> str:

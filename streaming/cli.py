@@ -61,11 +61,10 @@ def _frame(path: str | None, from_warehouse: bool, start: str | None, end: str |
 @click.option("--compact-after", type=int, default=None,
               help="Fold the checkpoint's change log into a new base after N changes (default 500,000, "
                    "or 4 per pending transaction if more).")
-@click.option("--redis-prefix", default=None, help="Key prefix in Redis (default fraud:).")
+@click.option("--redis-prefix", default=None, help="Key prefix in Redis (default FRAUD_REDIS_PREFIX, else fraud:).")
 def worker(events, store, path, from_warehouse, start, end, speedup, rate, bootstrap, idle_timeout,
            max_events, model, no_champion, fresh, checkpoint_every, compact_after, redis_prefix) -> None:
     """Run the stream worker: online features, XGBoost + River scores, River learning, drift events."""
-    import dataclasses
     import logging
     import shutil
 
@@ -79,9 +78,9 @@ def worker(events, store, path, from_warehouse, start, end, speedup, rate, boots
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = get_settings()
-    settings = dataclasses.replace(settings, events=events or settings.events,
-                                   online_store=store or settings.online_store,
-                                   kafka_bootstrap=bootstrap or settings.kafka_bootstrap)
+    settings = settings.model_copy(update={"events": events or settings.events,
+                                           "online_store": store or settings.online_store,
+                                           "kafka_bootstrap": bootstrap or settings.kafka_bootstrap})
     try:
         load_key()  # checkpoints are signed: a missing or unsafe key stops the worker before it starts
     except SigningKeyError as e:

@@ -12,8 +12,7 @@ servers plus TLS/SASL from the environment (``security_config``), so a secured c
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from ml.events import (
@@ -23,6 +22,7 @@ from ml.events import (
     TOPIC_SCORES,
     TOPIC_TRANSACTIONS,
 )
+from ml.settings import Settings, get_settings
 
 ALL_TOPICS = (TOPIC_TRANSACTIONS, TOPIC_LABELS, TOPIC_SCORES, TOPIC_DEAD_LETTER, TOPIC_DRIFT)
 GROUP_ID = "fraud-worker"
@@ -32,8 +32,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def security_config(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """librdkafka's TLS/SASL settings from the environment (secrets come from there, never from code).
+def security_config(settings: Settings | None = None) -> dict[str, str]:
+    """librdkafka's TLS/SASL settings from the settings (secrets come from there, never from code).
 
     ``FRAUD_KAFKA_SECURITY_PROTOCOL`` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; default SASL_SSL when a
     SASL user is given, else PLAINTEXT), ``FRAUD_KAFKA_SASL_MECHANISM`` (default PLAIN),
@@ -41,14 +41,11 @@ def security_config(env: Mapping[str, str] | None = None) -> dict[str, str]:
     ``FRAUD_KAFKA_SSL_CERT`` / ``FRAUD_KAFKA_SSL_KEY`` (client certificate, mutual TLS). Inconsistent settings
     raise ValueError (whose message never holds the password).
     """
-    env = os.environ if env is None else env
-
-    def get(name: str) -> str:
-        return (env.get(f"FRAUD_KAFKA_{name}") or "").strip()
-
-    user, mechanism = get("SASL_USERNAME"), get("SASL_MECHANISM").upper()
-    password = env.get("FRAUD_KAFKA_SASL_PASSWORD") or ""  # not stripped: a password is what it is
-    protocol = get("SECURITY_PROTOCOL").upper() or ("SASL_SSL" if user or mechanism else "PLAINTEXT")
+    s = settings or get_settings()
+    user, mechanism = s.kafka_sasl_username.strip(), s.kafka_sasl_mechanism.strip().upper()
+    # not stripped: a password is what it is
+    password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password is not None else ""
+    protocol = s.kafka_security_protocol.strip().upper() or ("SASL_SSL" if user or mechanism else "PLAINTEXT")
     if protocol not in SECURITY_PROTOCOLS:
         raise ValueError(f"FRAUD_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}")
     cfg: dict[str, str] = {"security.protocol": protocol}
@@ -61,8 +58,8 @@ def security_config(env: Mapping[str, str] | None = None) -> dict[str, str]:
         cfg |= {"sasl.mechanism": mechanism, "sasl.username": user, "sasl.password": password}
     elif user or password or mechanism:
         raise ValueError(f"SASL credentials are set but FRAUD_KAFKA_SECURITY_PROTOCOL is {protocol}")
-    tls = {"ssl.ca.location": get("SSL_CA"), "ssl.certificate.location": get("SSL_CERT"),
-           "ssl.key.location": get("SSL_KEY")}
+    tls = {"ssl.ca.location": s.kafka_ssl_ca.strip(), "ssl.certificate.location": s.kafka_ssl_cert.strip(),
+           "ssl.key.location": s.kafka_ssl_key.strip()}
     if protocol.endswith("SSL"):
         cfg.update({k: v for k, v in tls.items() if v})
     elif any(tls.values()):

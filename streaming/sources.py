@@ -23,6 +23,7 @@ import pandas as pd
 
 from ml.contract import MAX_ID_LEN, limits, to_utc_naive
 from ml.events import TOPIC_LABELS, TOPIC_TRANSACTIONS
+from ml.features.spec import FEATURES_TABLE
 
 REPLAY_PARTITION = "replay:0"
 
@@ -88,7 +89,7 @@ def load_transactions(path: Path | None = None, warehouse: Path | None = None,
 
         where, params = time_range(lo, hi)
         sql = ("select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud, "
-               "label_time from main.fct_transaction_features" + where)
+               f"label_time from {FEATURES_TABLE}" + where)
         with features_connection(warehouse) as con:
             df = con.execute(sql, params).df()
     else:

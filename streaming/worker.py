@@ -72,7 +72,7 @@ STORE_CHUNK = 5_000
 
 
 def streaming_dir(settings) -> Path:
-    return settings.data_dir / "streaming"
+    return settings.streaming_dir
 
 
 # ---------------------------------------------------------------------------------------------- sinks
@@ -210,7 +210,7 @@ class Worker:
         self.batch_size = batch_size
         self.fold_min_ops = fold_min_ops
         self.freeze_gc = freeze_gc
-        self.drift_file = streaming_dir(settings) / "drift_events.jsonl"
+        self.drift_file = settings.drift_events_path
         self.stats = WorkerStats()
         self.model = model or make_model()
         self.position: dict[str, int] = {}

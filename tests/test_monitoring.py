@@ -94,7 +94,6 @@ def test_decision_combines_signals_with_evidence() -> None:
 def test_repeated_drift_events_count_once(tmp_path: Path) -> None:
     """The worker's outputs are at least once: a drift event written again after a crash (same id) must not
     count twice towards the retrain threshold; distinct events still do."""
-    import dataclasses
     from datetime import datetime
 
     from ml.events import DriftEvent
@@ -106,7 +105,7 @@ def test_repeated_drift_events_count_once(tmp_path: Path) -> None:
     from streaming.sources import ReplaySource
     from streaming.worker import Sink, Worker
 
-    settings = dataclasses.replace(get_settings(), data_dir=tmp_path, online_store="memory")
+    settings = get_settings().model_copy(update={"data_dir": tmp_path, "online_store": "memory"})
     w = Worker(ReplaySource(pd.DataFrame(columns=["transaction_id", "tx_datetime", "customer_id",
                                                    "terminal_id", "tx_amount"])),
                Sink(), make_store(settings), settings, restore=False)

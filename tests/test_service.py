@@ -246,7 +246,7 @@ def test_river_opinion_when_a_checkpoint_exists(client) -> None:
     x = {"tx_amount": 10.0, "customer_nb_tx_1d": 1.0}
     for i in range(20):
         model.learn(x, i % 2, datetime(2018, 9, 1), 0.5)
-    river_dir = get_settings().data_dir / "streaming" / "river"
+    river_dir = get_settings().river_checkpoint_dir
     save(river_dir, Checkpoint(model=model, position={}))
     try:
         assert client.post("/reload", headers=ADMIN).status_code == 200  # also re-reads the River checkpoint
@@ -546,7 +546,7 @@ def test_planted_river_checkpoint_is_not_run_and_the_service_keeps_its_model(mon
     model = OnlineModel()
     for i in range(20):
         model.learn({"tx_amount": 10.0 + i, "customer_nb_tx_1d": 1.0}, i % 2, datetime(2018, 9, 1), 0.5)
-    river_dir = get_settings().data_dir / "streaming" / "river"
+    river_dir = get_settings().river_checkpoint_dir
     marker = tmp_path / "pwned"
     with _client(monkeypatch, FRAUD_ONLINE_STORE="memory", FRAUD_ADMIN_TOKEN=token) as c:
         save(river_dir, Checkpoint(model=model, position={}))

@@ -4,7 +4,6 @@ bounded chunks, and the Kafka clients' security settings."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from datetime import datetime
@@ -38,7 +37,7 @@ def tiny() -> pd.DataFrame:
 def _settings(tmp: Path, store: str = "memory"):
     from ml.settings import get_settings
 
-    return dataclasses.replace(get_settings(), data_dir=tmp, online_store=store)
+    return get_settings().model_copy(update={"data_dir": tmp, "online_store": store})
 
 
 def _dead_letters(path: Path) -> list[dict]:
@@ -385,7 +384,12 @@ def test_kafka_poison_messages_dead_lettered_and_worker_restarts(broker, tmp_pat
 # --------------------------------------------------------------------------------------------- security
 
 def test_kafka_security_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from streaming.kafka_io import consumer_config, producer_config, security_config
+    from ml.settings import Settings
+    from streaming.kafka_io import consumer_config, producer_config
+    from streaming.kafka_io import security_config as from_settings
+
+    def security_config(env: dict[str, str]) -> dict[str, str]:  # these variables as the settings
+        return from_settings(Settings(**{k.removeprefix("FRAUD_").lower(): v for k, v in env.items()}))
 
     assert security_config({}) == {"security.protocol": "PLAINTEXT"}
     env = {"FRAUD_KAFKA_SASL_USERNAME": "svc", "FRAUD_KAFKA_SASL_PASSWORD": "s3cret",

@@ -94,9 +94,10 @@ def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: i
     out = subprocess.run(cmd, env=_env(data_dir), capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, f"not killed: rc={out.returncode} {out.stderr[-2000:]}"
     def head(d: Path) -> dict:
-        from ml.online.checkpoint import read_head
+        from ml.online.checkpoint import HEAD, read_head
+        from ml.settings import RIVER_CHECKPOINT_SUBDIR
 
-        return read_head(d / "streaming" / "river" / "latest.pkl")
+        return read_head(d / RIVER_CHECKPOINT_SUBDIR / HEAD)
 
     left, end = head(data_dir), head(ref_dir)  # ref_dir: the uninterrupted run, already finished
     assert left["seq"] >= 2, "kill after checkpoint 2"
@@ -105,8 +106,9 @@ def _run_and_kill(cmd: list[str], data_dir: Path, ref_dir: Path, after_events: i
 
 def _final(data_dir: Path):
     from ml.online import checkpoint as ckpt
+    from ml.settings import RIVER_CHECKPOINT_SUBDIR
 
-    c = ckpt.load(data_dir / "streaming" / "river")
+    c = ckpt.load(data_dir / RIVER_CHECKPOINT_SUBDIR)
     assert c is not None
     return c, model_state(c.model)
 

@@ -3,7 +3,6 @@ service reads, and the Dagster streaming group (snapshot asset, drift sensor).""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ def tiny() -> pd.DataFrame:
 def _settings(tmp: Path):
     from ml.settings import get_settings
 
-    return dataclasses.replace(get_settings(), data_dir=tmp, online_store="memory")
+    return get_settings().model_copy(update={"data_dir": tmp, "online_store": "memory"})
 
 
 def test_replay_dead_letters_bad_rows_and_learns_each_label_once(tiny: pd.DataFrame, tmp_path: Path) -> None:
@@ -115,7 +114,7 @@ def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None
     from streaming.sources import ReplaySource
     from streaming.worker import Sink, Worker
 
-    settings = dataclasses.replace(get_settings(), online_store="memory")  # the tests' private data dir
+    settings = get_settings().model_copy(update={"online_store": "memory"})  # the tests' private data dir
     w = Worker(ReplaySource(tiny), Sink(), make_store(settings), settings, restore=False)
     w.run()
     result = dg.materialize([river_snapshot])
@@ -123,7 +122,7 @@ def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None
     assert meta["rolling_labels_learned"].value == len(tiny)
     assert Path(meta["snapshot"].value).exists()
 
-    drift_file = settings.data_dir / "streaming" / "drift_events.jsonl"
+    drift_file = settings.drift_events_path
     drift_file.parent.mkdir(parents=True, exist_ok=True)
     event = {"time": "2018-05-01T00:00:00", "detector": "ADWIN", "stream": "river_error", "details": {}}
     with open(drift_file, "a") as f:

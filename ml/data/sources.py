@@ -30,21 +30,18 @@ def resolve_source(settings: Settings, simulation: object | None = None, progres
 
 
 def simulation_from_env(settings: Settings) -> object:
-    """SimulationConfig from FRAUD_SIM_* variables (small data for tests, drift for the drift demo)."""
-    import os
-
+    """SimulationConfig from the FRAUD_SIM_* settings (small data for tests, drift for the drift demo)."""
     from ml.data.simulate import SimulationConfig
 
-    env = os.environ
     kwargs: dict[str, object] = {"start_date": settings.start_date}
-    for field, var, cast in (
-        ("n_customers", "FRAUD_SIM_CUSTOMERS", int),
-        ("n_terminals", "FRAUD_SIM_TERMINALS", int),
-        ("n_days", "FRAUD_SIM_DAYS", int),
-        ("seed", "FRAUD_SIM_SEED", int),
-        ("drift_start_day", "FRAUD_SIM_DRIFT_START_DAY", int),
-        ("label_delay", "FRAUD_SIM_LABEL_DELAY", str),
+    for field, value in (
+        ("n_customers", settings.sim_customers),
+        ("n_terminals", settings.sim_terminals),
+        ("n_days", settings.sim_days),
+        ("seed", settings.sim_seed),
+        ("drift_start_day", settings.sim_drift_start_day),
+        ("label_delay", settings.sim_label_delay),
     ):
-        if env.get(var):
-            kwargs[field] = cast(env[var])
+        if value is not None:
+            kwargs[field] = value
     return SimulationConfig(**kwargs)

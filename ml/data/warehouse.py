@@ -25,7 +25,10 @@ from pathlib import Path
 
 import duckdb
 
-FEATURES_VIEW = "fct_transaction_features"  # same name as the mart, so the readers' SQL serves both
+from ml.features.spec import FEATURES_MART, FEATURES_TABLE
+from ml.settings import get_settings
+
+FEATURES_VIEW = FEATURES_MART  # same name as the mart, so the readers' SQL serves both
 _GENERATIONS = ".features-generations"
 _KEEP = 2  # the current generation and the one before it (a reader may still be scanning it)
 
@@ -45,7 +48,7 @@ def has_snapshot(warehouse: Path | str) -> bool:
 
 
 def export_features(con: duckdb.DuckDBPyConnection, warehouse: Path | str,
-                    table: str = "main.fct_transaction_features") -> Path:
+                    table: str = FEATURES_TABLE) -> Path:
     """Write ``table`` as per-day Parquet (hive ``day=``) and make it the snapshot; returns its directory.
 
     ``table`` is a code constant (an identifier), never user input."""
@@ -95,7 +98,7 @@ def connect_read_only(warehouse: Path | str, wait_s: float | None = None) -> duc
     if not path.exists():
         raise FileNotFoundError(f"warehouse {path} not found: run ingest and features first")
     if wait_s is None:
-        wait_s = float(os.environ.get("FRAUD_WAREHOUSE_WAIT_S") or 10)
+        wait_s = get_settings().warehouse_wait_s
     deadline = time.monotonic() + wait_s
     pause = 0.1
     while True:

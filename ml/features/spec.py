@@ -27,6 +27,11 @@ Kind = Literal["row", "window", "delayed_window", "ratio"]
 # Shift of the terminal-risk windows: the label delay the features assume (the book's 7 days).
 RISK_DELAY = timedelta(days=7)
 
+# The dbt model the spec renders to, and its table in the warehouse: the training set, parity checks,
+# monitoring and the stream replay read it by these names.
+FEATURES_MART = "fct_transaction_features"
+FEATURES_TABLE = f"main.{FEATURES_MART}"
+
 
 @dataclass(frozen=True)
 class Feature:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ml.features.spec import FEATURES, SPEC_VERSION, Feature
+from ml.features.spec import FEATURES, FEATURES_MART, SPEC_VERSION, Feature
 
 DBT_MODELS = Path(__file__).resolve().parents[2] / "dbt_project" / "models"
 HEADER = "-- Generated from ml/features/spec.py (spec {version}) by `fraud features render`. Do not edit.\n"
@@ -281,7 +281,7 @@ def _schema(groups: dict[str, list[Feature]]) -> str:
         "version": 2,
         "models": [
             {
-                "name": "fct_transaction_features",
+                "name": FEATURES_MART,
                 "description": "Point-in-time features per transaction, rendered from the feature spec "
                 f"(version {SPEC_VERSION}). Training data for the daily model.",
                 "config": {"meta": {"feature_spec_version": SPEC_VERSION}},
@@ -333,7 +333,7 @@ def render() -> dict[Path, str]:
         assert entity is not None
         body = _window_model(entity, feats) if "delayed" not in model else _delayed_model(entity, feats)
         files[DBT_MODELS / "intermediate" / f"{model}.sql"] = body
-    files[DBT_MODELS / "marts" / "fct_transaction_features.sql"] = _mart(groups)
+    files[DBT_MODELS / "marts" / f"{FEATURES_MART}.sql"] = _mart(groups)
     files[DBT_MODELS / "marts" / "_features.yml"] = _schema(groups)
     return files
 

@@ -128,7 +128,7 @@ def quality_day(
 
 def read_stream_events(settings: Settings, day: str) -> list[dict] | None:
     """Drift events of the stream worker on ``day`` (None when the worker never wrote the file)."""
-    path: Path = settings.data_dir / "streaming" / "drift_events.jsonl"
+    path: Path = settings.drift_events_path
     if not path.exists():
         return None
     start, end = day_bounds(day)

@@ -36,10 +36,10 @@ from evidently.metrics import (
 from evidently.presets import ClassificationPreset, DataDriftPreset
 from sklearn.metrics import average_precision_score
 
+from ml.features.spec import FEATURES_TABLE
 from ml.monitoring.thresholds import DriftThresholds
 from ml.settings import Settings
 
-FEATURES_TABLE = "main.fct_transaction_features"
 SCORE = "score"
 TARGET = "tx_fraud"
 

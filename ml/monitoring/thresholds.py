@@ -8,10 +8,10 @@ variables, see ``from_env``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields, replace
 
 from ml.features.spec import FEATURE_NAMES
+from ml.settings import get_settings
 
 # Distance methods of Evidently (higher = more drift; drift when score >= threshold). p-value tests are left
 # out on purpose: with thousands of rows a day they call every tiny, harmless difference significant.
@@ -82,18 +82,14 @@ class DriftThresholds:
 
     @classmethod
     def from_env(cls) -> DriftThresholds:
-        """Defaults overridden by ``FRAUD_DRIFT_<FIELD>`` variables (e.g. FRAUD_DRIFT_DRIFTED_SHARE=0.3)."""
+        """Defaults overridden by the ``FRAUD_DRIFT_<FIELD>`` settings (e.g. FRAUD_DRIFT_DRIFTED_SHARE=0.3)."""
+        settings = get_settings()
         overrides: dict[str, object] = {}
         for f in fields(cls):
-            raw = os.environ.get(f"FRAUD_DRIFT_{f.name.upper()}")
-            if raw in (None, ""):
+            value = getattr(settings, f"drift_{f.name}")
+            if value is None:
                 continue
             if f.name == "features":
-                overrides[f.name] = tuple(s.strip() for s in raw.split(",") if s.strip())
-            elif f.name.endswith("_method"):
-                overrides[f.name] = raw
-            elif f.name in ("stream_events", "reference_sample", "min_rows", "min_frauds_for_ap"):
-                overrides[f.name] = int(raw)
-            else:
-                overrides[f.name] = float(raw)
+                value = tuple(s.strip() for s in value.split(",") if s.strip())
+            overrides[f.name] = value
         return replace(cls(), **overrides)

@@ -57,7 +57,7 @@ def river_dir(settings=None) -> Path:
         from ml.settings import get_settings
 
         settings = get_settings()
-    return settings.data_dir / "streaming" / "river"
+    return settings.river_checkpoint_dir
 
 
 _FRESH = "start the worker with --fresh to discard the checkpoint"

@@ -16,11 +16,13 @@ REPLAY_MARGIN = timedelta(days=2)
 
 
 def make_store(settings: Settings | None = None, *, prefix: str | None = None) -> OnlineStore:
-    """The configured backend; ``prefix`` namespaces a Redis store's keys (tests, benchmarks)."""
+    """The configured backend; ``prefix`` (default FRAUD_REDIS_PREFIX) namespaces a Redis store's keys."""
     settings = settings or get_settings()
+    prefix = prefix or settings.redis_prefix
     if settings.online_store == "memory":
         return MemoryStore()
     if settings.online_store == "redis":
         entities = {e: lb + REPLAY_MARGIN for e, lb in WINDOW_ENTITIES.items()}
-        return RedisStore(settings.redis_url, entities=entities, **({"prefix": prefix} if prefix else {}))
+        return RedisStore(settings.redis_url.get_secret_value(), entities=entities,
+                          **({"prefix": prefix} if prefix else {}))
     raise ValueError(f"unknown online store {settings.online_store!r} (expected 'memory' or 'redis')")

@@ -23,7 +23,7 @@ import duckdb
 
 from ml.data.warehouse import features_connection, time_range
 from ml.features.per_transaction import WINDOW_ENTITIES, TxEvent, compute_features, to_us
-from ml.features.spec import FEATURE_NAMES
+from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
 from ml.online.features import OnlineFeatures
 from ml.online.store import Label, OnlineStore
 
@@ -58,7 +58,7 @@ def _load(con: duckdb.DuckDBPyConnection, since: datetime | None, until: datetim
     sql = ("select cast(transaction_id as varchar), cast(tx_datetime as timestamp),"
            " cast(customer_id as varchar), cast(terminal_id as varchar), cast(tx_amount as double),"
            " cast(tx_fraud as integer),"
-           " cast(label_time as timestamp) from main.fct_transaction_features" + where)
+           f" cast(label_time as timestamp) from {FEATURES_TABLE}" + where)
     return con.execute(sql, params).fetchall()
 
 
@@ -92,7 +92,7 @@ def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None 
     # come from one feature build, and a dbt build can run meanwhile.
     with features_connection(warehouse) as con:
         lo, hi = con.execute(
-            "select min(tx_datetime), max(tx_datetime) from main.fct_transaction_features").fetchone()
+            f"select min(tx_datetime), max(tx_datetime) from {FEATURES_TABLE}").fetchone()
         if lo is None:
             return report
         start = lo if days is None else max(lo, hi - timedelta(days=days))
@@ -106,7 +106,7 @@ def replay_parity(warehouse: str | Path, store: OnlineStore, days: float | None 
         stop = to_us(compare_ids[-1][0]) if compare_ids else -1
         cols = ", ".join(FEATURE_NAMES)
         dbt = {r[0]: r[1:] for r in con.execute(
-            f"select transaction_id, {cols} from main.fct_transaction_features where tx_datetime >= ?",
+            f"select transaction_id, {cols} from {FEATURES_TABLE} where tx_datetime >= ?",
             [start]
         ).fetchall() if r[0] in wanted}
     report.window = (str(start), str(hi))

@@ -32,7 +32,6 @@ builds no key from parts (the caller sends them whole), so this store needs a si
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 import zlib
@@ -48,13 +47,13 @@ from ml.features.per_transaction import TxEvent, to_us
 from ml.features.spec import RISK_DELAY
 from ml.features.vectorised import PER_TX_BELOW, BatchColumns, TxColumns, entity_keys, offsets_of, states_of
 from ml.online.store import SEP, Label, OnlineStore, StoreUnavailable
+from ml.settings import get_settings
 
 RECORD_BUCKETS = 16  # record hashes per day: keeps each hash small on a busy day
 RECORD = np.dtype([("t", "<i8"), ("a", "<f8")])  # one history entry as stored (16 bytes)
 _DAY_US = 86_400_000_000
 _LABEL_DELAY_US = to_us(RISK_DELAY)  # where a label first looks for its transaction's record
 _FAR = 2**62  # a time no transaction has
-DEFAULT_CALL_TXS = 10_000  # transactions per store call (bento.schemas.MAX_BATCH: a bulk request in one)
 PRUNE_AT = 16  # entries too old for any feature that an entity's history holds before it is pruned
 
 
@@ -110,8 +109,9 @@ class RedisStore(OnlineStore):
         self.url, self.prefix = redact_url(url), prefix
         # Every command's reply, and a connection, within this (FRAUD_REDIS_TIMEOUT_S, default 0.5 s): a
         # stalled Redis fails the call (StoreUnavailable: the failure policy) instead of hanging it.
+        settings = get_settings()
         if socket_timeout is None:
-            socket_timeout = float(os.environ.get("FRAUD_REDIS_TIMEOUT_S") or 0.5)
+            socket_timeout = settings.redis_timeout_s
         # A label later than every lookback cannot change a feature; by default keep tx records that long.
         self.tx_ttl_s = tx_ttl_s if tx_ttl_s is not None else max(self.lookback_us.values()) // 1_000_000
         # How far back from its own time a label looks for its transaction: a fraud older than every
@@ -120,8 +120,8 @@ class RedisStore(OnlineStore):
         self._redis_mod = redis
         options = dict(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
                        health_check_interval=5, retry_on_timeout=False)
-        if url.startswith("rediss://") and os.environ.get("FRAUD_REDIS_CA"):  # a private CA's bundle
-            options["ssl_ca_certs"] = os.environ["FRAUD_REDIS_CA"]
+        if url.startswith("rediss://") and settings.redis_ca:  # a private CA's bundle
+            options["ssl_ca_certs"] = str(settings.redis_ca)
         self.client = redis.Redis.from_url(url, decode_responses=True, **options)
         # The scripts' replies hold binary histories: their connection does not decode.
         self._raw = redis.Redis.from_url(url, decode_responses=False, **options)
@@ -134,7 +134,7 @@ class RedisStore(OnlineStore):
         self._entity_order = sorted(self.lookback_us)
         # Transactions per call (FRAUD_REDIS_CALL_TXS): a script blocks Redis while it runs and its reply must
         # come within socket_timeout, so larger batches go in several calls (the size: docs/adr/0006).
-        self.max_call_txs = int(os.environ.get("FRAUD_REDIS_CALL_TXS", DEFAULT_CALL_TXS))
+        self.max_call_txs = settings.redis_call_txs
         self._lock = threading.Lock()
         self._conn = None  # the store's own connection for its calls, used under _lock (see _run)
         self._prunes: dict[tuple[str, str], int] = {}  # entity -> bound its next call prunes it to

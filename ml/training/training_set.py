@@ -24,9 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from ml.features.spec import FEATURE_NAMES
-
-FEATURES_TABLE = "main.fct_transaction_features"
+from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
 
 
 @dataclass(frozen=True)

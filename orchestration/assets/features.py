@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 from dagster_duckdb import DuckDBResource
 
+from ml.features.spec import FEATURES_MART
 from orchestration.resources import DBT_PROJECT
 
 
@@ -22,7 +23,7 @@ class FeatureTranslator(DagsterDbtTranslator):
         return "features"
 
 
-FEATURES_TABLE_KEY = dg.AssetKey(["fct_transaction_features"])
+FEATURES_TABLE_KEY = dg.AssetKey([FEATURES_MART])
 
 
 @dbt_assets(manifest=DBT_PROJECT.manifest_path, dagster_dbt_translator=FeatureTranslator())

@@ -29,16 +29,14 @@ class IngestConfig(dg.Config):
 def raw_transactions(
     context: dg.AssetExecutionContext, config: IngestConfig, duckdb: DuckDBResource
 ) -> dg.MaterializeResult:
-    import dataclasses
     from pathlib import Path
 
     settings = get_settings()
     if config.source or config.path:
-        settings = dataclasses.replace(
-            settings,
-            source=config.source or ("file" if config.path else settings.source),
-            source_path=Path(config.path).resolve() if config.path else settings.source_path,
-        )
+        settings = settings.model_copy(update={
+            "source": config.source or ("file" if config.path else settings.source),
+            "source_path": Path(config.path).resolve() if config.path else settings.source_path,
+        })
     window = context.partition_time_window
     path = resolve_source(settings)
     context.log.info(f"Landing {path} for [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d})")

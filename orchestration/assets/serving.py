@@ -8,21 +8,21 @@ difference fails the check; so does an unreachable Redis (a check that cannot ru
 The stream worker's path (one transaction at a time) is proven the same way by ``tests/test_parity.py``.
 """
 
-import os
 
 import dagster as dg
 
+from ml.features.spec import FEATURES_MART
 from ml.online.parity import ParityReport, replay_parity
 from ml.online.redis_store import RedisStore
 from ml.online.store import MemoryStore, StoreUnavailable
 from ml.settings import get_settings
 
-FEATURES_TABLE = dg.AssetKey(["fct_transaction_features"])
+FEATURES_TABLE = dg.AssetKey([FEATURES_MART])
 
 
 def _days() -> float | None:
-    value = os.environ.get("FRAUD_PARITY_DAYS", "3")
-    return None if value in ("all", "0") else float(value)
+    value = get_settings().parity_days
+    return None if value in ("all", 0) else float(value)
 
 
 def _result(report: ParityReport) -> dg.AssetCheckResult:
@@ -55,7 +55,7 @@ def online_parity_memory() -> dg.AssetCheckResult:
                 "Redis is unreachable.")
 def online_parity_redis(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     settings = get_settings()
-    store = RedisStore(settings.redis_url, prefix=f"parity:{context.run.run_id}:")
+    store = RedisStore(settings.redis_url.get_secret_value(), prefix=f"parity:{context.run.run_id}:")
     try:
         store.ping()
         return _result(replay_parity(settings.warehouse, store, days=_days(), backend="redis"))

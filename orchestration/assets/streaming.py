@@ -67,7 +67,7 @@ def drift_event_sensor(context: dg.SensorEvaluationContext):
 
     The cursor is the byte offset already read, so each event is acted on once.
     """
-    path = get_settings().data_dir / "streaming" / "drift_events.jsonl"
+    path = get_settings().drift_events_path
     if not path.exists():
         return dg.SkipReason(f"no drift events yet ({path})")
     start = int(context.cursor or 0)

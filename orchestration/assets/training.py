@@ -19,6 +19,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ml.data.warehouse import features_connection
+from ml.features.spec import FEATURES_TABLE
 from ml.settings import get_settings
 from ml.training.train import XGBParams
 from orchestration.assets.features import FEATURES_TABLE_KEY
@@ -190,7 +191,7 @@ def _evaluate(con, model, test_start, test_end, k: int):  # -> (Metrics, scores,
 
 
 def _check_complete(con, test_end, delay_days: float) -> None:
-    last = con.execute("select max(tx_datetime) from main.fct_transaction_features").fetchone()[0]
+    last = con.execute(f"select max(tx_datetime) from {FEATURES_TABLE}").fetchone()[0]
     if last is None or last < test_end - timedelta(days=1):
         raise dg.Failure(f"test window ends {test_end} but the warehouse stops at {last}: evaluate this day "
                          f"once its test labels are known (D + test_days + {delay_days:g} days)")
