@@ -26,7 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-from ml.contract import MAX_ID_LEN, Amount, ContractError, EntityId, Timestamp, check_identifier, limits
+from ml.contract import (
+    EXAMPLE_TRANSACTION,
+    MAX_ID_LEN,
+    ContractError,
+    Transaction,
+    check_identifier,
+    limits,
+)
 from ml.features.per_transaction import EPOCH, ONE_US, WINDOW_ENTITIES, TxEvent
 from ml.features.vectorised import TxColumns
 
@@ -34,26 +41,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENTITY_FIELDS = tuple(WINDOW_ENTITIES)
 MAX_BATCH = 10_000  # transactions per /score_batch or /score_columns request (larger requests get HTTP 400)
 
-_EXAMPLE = {"transaction_id": "tx-000184211", "tx_datetime": "2024-05-14T09:26:31Z", "customer_id": "c-4711",
-            "terminal_id": "t-0815", "tx_amount": 57.35}
-
-
-class Transaction(BaseModel):
-    """One card payment, as in the transaction contract. Extra fields (e.g. ``tx_fraud``) are ignored."""
-
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": _EXAMPLE})
-
-    transaction_id: EntityId
-    tx_datetime: Timestamp
-    customer_id: EntityId
-    terminal_id: EntityId
-    tx_amount: Amount
-
-    def as_event(self) -> TxEvent:
-        """The normalised event the online features take (``ml.features.per_transaction.tx_event``, without a dict)."""
-        t = self.tx_datetime  # naive UTC (ml.contract.Timestamp)
-        entities = {e: getattr(self, e) for e in _ENTITY_FIELDS}
-        return TxEvent(self.transaction_id, (t - EPOCH) // ONE_US, entities, self.tx_amount, t)
+def as_event(tx: Transaction) -> TxEvent:
+    """The normalised event the online features take (``per_transaction.tx_event``, without a dict)."""
+    t = tx.tx_datetime  # naive UTC (ml.contract.Timestamp)
+    return TxEvent(tx.transaction_id, (t - EPOCH) // ONE_US, {e: getattr(tx, e) for e in _ENTITY_FIELDS},
+                   tx.tx_amount, t)
 
 
 def _identifiers(values: list[Any]) -> list[str]:
@@ -127,7 +119,7 @@ class TransactionColumns(BaseModel):
     pydantic-core, where a list of objects costs a model per transaction."""
 
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example":
-        {k: [v, v] if k != "transaction_id" else [v, "tx-000184212"] for k, v in _EXAMPLE.items()}})
+        {k: [v, v] if k != "transaction_id" else [v, "tx-000184212"] for k, v in EXAMPLE_TRANSACTION.items()}})
 
     transaction_id: Annotated[list[_ColumnId], Column]
     tx_datetime: Annotated[list[_ColumnTime], Column]

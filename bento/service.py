@@ -47,6 +47,7 @@ from bento.schemas import (
     ScoreResult,
     Transaction,
     TransactionColumns,
+    as_event,
 )
 from bento.scorer import ChampionPoller, MicroBatcher, ModelNotLoaded, Scorer, reload_signal_path
 from ml.champion import CHAMPION_NAME
@@ -149,7 +150,7 @@ class FraudScorer:
     async def score(self, tx: Transaction, /) -> ScoreResult:
         """Score one transaction: fraud probability, decision, model tag, top reasons, River's opinion."""
         try:
-            result = await self.batcher.score(tx.as_event())
+            result = await self.batcher.score(as_event(tx))
         except (StoreUnavailable, ModelNotLoaded) as exc:
             return _unavailable(exc)  # type: ignore[return-value]
         self._count(result.decision)
@@ -161,7 +162,7 @@ class FraudScorer:
             with_reasons: bool = False) -> BatchResult:
         """Score up to MAX_BATCH transactions (in time order). Reasons only if ``with_reasons``."""
         try:
-            events = [t.as_event() for t in transactions]
+            events = [as_event(t) for t in transactions]
             results = await self._off_loop(lambda: self.scorer.score(events, reasons=with_reasons))
         except (StoreUnavailable, ModelNotLoaded) as exc:
             return _unavailable(exc)  # type: ignore[return-value]

@@ -23,7 +23,9 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     PlainSerializer,
     Strict,
@@ -196,3 +198,31 @@ FraudLabel = Annotated[
     _pydantic(check_label),
     WithJsonSchema({"type": "integer", "enum": [0, 1], "description": "0 genuine, 1 fraud."}),
 ]
+
+
+EXAMPLE_TRANSACTION = {"transaction_id": "tx-000184211", "tx_datetime": "2024-05-14T09:26:31Z",
+                       "customer_id": "c-4711", "terminal_id": "t-0815", "tx_amount": 57.35}
+
+
+class Transaction(BaseModel):
+    """One card payment as the contract defines it: the service's request and the stream's event alike.
+    Extra fields (e.g. ``tx_fraud``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, json_schema_extra={"example": EXAMPLE_TRANSACTION})
+
+    transaction_id: EntityId
+    tx_datetime: Timestamp
+    customer_id: EntityId
+    terminal_id: EntityId
+    tx_amount: Amount
+
+
+class Label(BaseModel):
+    """A transaction's label, known from ``label_time`` on."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    transaction_id: EntityId
+    tx_fraud: FraudLabel
+    label_time: Timestamp
+

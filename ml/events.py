@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ml.contract import Amount, EntityId, FraudLabel, Timestamp
+from ml.contract import Label, Transaction
 
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_LABELS = "labels"
@@ -41,18 +41,9 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class TransactionEvent(_Event):
-    transaction_id: EntityId
-    tx_datetime: Timestamp
-    customer_id: EntityId
-    terminal_id: EntityId
-    tx_amount: Amount
-
-
-class LabelEvent(_Event):
-    transaction_id: EntityId
-    tx_fraud: FraudLabel
-    label_time: Timestamp
+# The incoming events are the contract's records (``ml.contract``), the service's request models too.
+TransactionEvent = Transaction
+LabelEvent = Label
 
 
 def drift_event_id(detector: str, stream: str, time: datetime, seq: Any = None) -> str:
@@ -113,7 +104,7 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def _parse(model: type[_Event], what: str, value: bytes | str | dict | None) -> Any:
+def _parse(model: type[BaseModel], what: str, value: bytes | str | dict | None) -> Any:
     if value is None or isinstance(value, bool | int | float | list):  # a tombstone, a decoded non-object
         raise EventError(f"expected a JSON object, got {type(value).__name__}")
     if not isinstance(value, dict):
