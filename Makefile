@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: venv demo test bench ui lint drift-demo
+.PHONY: venv dagster-home demo test bench ui lint drift-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
+# The Dagster instance: the project's dagster.yaml (telemetry off) unless the instance already has one.
+dagster-home:
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# demo prepares dbt's manifest itself (orchestration.resources.prepare_dbt_project).
+demo: venv dagster-home
 	$(PY) -m orchestration.demo
 
 test: venv
@@ -28,9 +33,9 @@ drift-demo: venv
 	mkdir -p $(DAGSTER_HOME)
 	$(PY) -m benchmarks.drift_loop
 
-ui: venv
-	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+# `dagster dev` prepares dbt's manifest on load (DbtProject.prepare_if_dev) with the `dbt` on PATH: the venv's.
+ui: venv dagster-home
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dagster dev -w workspace.yaml
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -76,13 +76,16 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
     from ml.settings import get_settings
     from ml.training.train import XGBParams, fit, model_metadata
     from ml.training.training_set import WindowConfig, build, load_frame
-    from orchestration.resources import daily_partitions
+    from orchestration.demo import materialize
+    from orchestration.partitions import daily_partitions
+    from orchestration.resources import prepare_dbt_project
 
     settings = get_settings()
     keys = daily_partitions.get_partition_keys()
     t0 = time.perf_counter()
-    assert _materialize("raw_transactions", (keys[0], keys[-1])).success
-    assert _materialize("group:features").success
+    prepare_dbt_project()
+    assert materialize("raw_transactions", partition_range=(keys[0], keys[-1])).success
+    assert materialize("group:features").success
     print(f"[{settings.data_dir.name}] warehouse built in {time.perf_counter() - t0:.0f}s", flush=True)
     con = duckdb.connect(str(settings.warehouse), read_only=True)
     t = DriftThresholds.from_env()
@@ -198,31 +201,6 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
             flush=True,
         )
     out.write_text(json.dumps({"days": rows, "retrains": retrains, "thresholds": t.__dict__}, default=str))
-
-
-def _materialize(selection: str, partition_range: tuple[str, str] | None = None):  # noqa: ANN202
-    """Ingest and features through their Dagster assets (only those stages: the loop needs nothing else)."""
-    import dagster as dg
-
-    from orchestration import resources
-    from orchestration.assets import features, ingest
-    from orchestration.demo import instance
-
-    defs = dg.Definitions.merge(resources.resources_defs, ingest.defs, features.defs)
-    tags = (
-        {
-            "dagster/asset_partition_range_start": partition_range[0],
-            "dagster/asset_partition_range_end": partition_range[1],
-        }
-        if partition_range
-        else {}
-    )
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance(),
-        tags=tags,
-        asset_selection=list(dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())),
-    )
 
 
 def _predict(champ, frame) -> np.ndarray:  # noqa: ANN001 - Champion, Frame

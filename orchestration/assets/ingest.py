@@ -7,7 +7,7 @@ from ml.contract import to_utc_naive
 from ml.data.ingest import land
 from ml.data.sources import resolve_source
 from ml.settings import get_settings
-from orchestration.resources import daily_partitions
+from orchestration.partitions import daily_partitions
 
 
 class IngestConfig(dg.Config):
@@ -61,5 +61,3 @@ def raw_transactions(
         }
     )
 
-
-defs = dg.Definitions(assets=[raw_transactions])
