@@ -2,10 +2,10 @@
 
 D is the day a model is trained (see ml.training.training_set for the windows): the training/validation rows
 end at D - delay with labels known at D; the test window is [D, D + test_days). An honest evaluation needs the
-test window's labels, known only at D + test_days + delay. So the daily schedule, run on day T, asks for two
-runs: training (training_set, xgb_model) for D = T, and evaluation + gate (model_evaluation,
-champion_gate) for D = T - test_days - delay, the latest day whose test labels are all known. A champion is
-therefore always a model that beat (or matched) the previous champion on data neither had seen.
+test window's labels, known only at D + test_days + delay. So the daily schedule (``orchestration/schedules.py``),
+run on day T, asks for two runs: training (training_set, xgb_model) for D = T, and evaluation + gate
+(model_evaluation, champion_gate) for D = T - test_days - delay, the latest day whose test labels are all known.
+A champion is therefore always a model that beat (or matched) the previous champion on data neither had seen.
 On historical data (simulator, a user's file) every step of one partition can run at once:
 ``materialize("group:training", partition_key=D)`` (what `make demo` does, see ``demo_partition``).
 """
