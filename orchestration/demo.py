@@ -36,7 +36,7 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def materialize(selection: str | Sequence[str], partition_key: str | None = None,
+def materialize(selection: str | Sequence[str] | dg.AssetSelection, partition_key: str | None = None,
                 partition_range: tuple[str, str] | None = None) -> dg.ExecuteInProcessResult:
     """Materialize a selection of the code location's assets (with their checks) in one run; a partition
     range is one run too (the assets' single-run backfill policy)."""
