@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 # The model store (the champion); `bentoml serve` / `bentoml build` read it before importing the service.
 export BENTOML_HOME ?= $(or $(FRAUD_DATA_DIR),$(CURDIR)/data)/bentoml
 
-.PHONY: venv demo test test-fast bench ui lint drift-demo serve
+.PHONY: venv dagster-home demo test test-fast bench ui lint drift-demo serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
+# The Dagster instance: the project's dagster.yaml (telemetry off) unless the instance already has one.
+dagster-home:
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+# demo prepares dbt's manifest itself (orchestration.resources.prepare_dbt_project).
+demo: venv dagster-home
 	$(PY) -m orchestration.demo
 
 # Every test: Redis (127.0.0.1:6379) must be running; the tests start the Kafka broker themselves.
@@ -39,9 +44,9 @@ drift-demo: venv
 serve: venv
 	$(VENV)/bin/bentoml serve
 
-ui: venv
-	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+# `dagster dev` prepares dbt's manifest on load (DbtProject.prepare_if_dev) with the `dbt` on PATH: the venv's.
+ui: venv dagster-home
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dagster dev -w workspace.yaml
 
 lint: venv
 	$(VENV)/bin/ruff check .

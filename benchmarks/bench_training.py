@@ -38,12 +38,14 @@ def _ensure_warehouse() -> Path:
                 last = None
         if last is not None and str(last) >= "2018-08-14":
             return wh
-    from orchestration.demo import run
-    from orchestration.resources import daily_partitions
+    from orchestration.demo import materialize
+    from orchestration.partitions import daily_partitions
+    from orchestration.resources import prepare_dbt_project
 
     keys = daily_partitions.get_partition_keys()
-    assert run("raw_transactions", partition_range=(keys[0], keys[-1])).success
-    assert run("group:features").success
+    prepare_dbt_project()
+    assert materialize("raw_transactions", partition_range=(keys[0], keys[-1])).success
+    assert materialize("group:features").success
     return wh
 
 

@@ -68,6 +68,7 @@ def _scenario_env(base: Path, name: str, args: argparse.Namespace) -> dict[str, 
 def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, save_reports: bool,
                  half_life: float | None = None, retrain_valid_days: int | None = None) -> None:
     """Inside a subprocess whose environment selects the scenario (settings are read at import)."""
+    import dagster as dg
     import duckdb
 
     from ml import registry
@@ -77,13 +78,19 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
     from ml.settings import get_settings
     from ml.training.train import XGBParams, fit, model_metadata
     from ml.training.training_set import WindowConfig, build, load_frame
-    from orchestration.resources import daily_partitions
+    from orchestration.checks.feature_parity import online_parity_memory, online_parity_redis
+    from orchestration.demo import materialize
+    from orchestration.partitions import daily_partitions
+    from orchestration.resources import prepare_dbt_project
 
     settings = get_settings()
     keys = daily_partitions.get_partition_keys()
     t0 = time.perf_counter()
-    assert _materialize("raw_transactions", (keys[0], keys[-1])).success
-    assert _materialize("group:features").success
+    prepare_dbt_project()
+    assert materialize("raw_transactions", partition_range=(keys[0], keys[-1])).success
+    # The loop needs the features only: not the online-parity replay on them.
+    parity = dg.AssetSelection.checks(online_parity_memory, online_parity_redis)
+    assert materialize(dg.AssetSelection.groups("features") - parity).success
     print(f"[{settings.data_dir.name}] warehouse built in {time.perf_counter() - t0:.0f}s", flush=True)
     con = duckdb.connect(str(settings.warehouse), read_only=True)
     t = DriftThresholds.from_env()
@@ -199,31 +206,6 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
             flush=True,
         )
     out.write_text(json.dumps({"days": rows, "retrains": retrains, "thresholds": t.__dict__}, default=str))
-
-
-def _materialize(selection: str, partition_range: tuple[str, str] | None = None):  # noqa: ANN202
-    """Ingest and features through their Dagster assets (only those stages: the loop needs nothing else)."""
-    import dagster as dg
-
-    from orchestration import resources
-    from orchestration.assets import features, ingest
-    from orchestration.demo import instance
-
-    defs = dg.Definitions.merge(resources.resources_defs, ingest.defs, features.defs)
-    tags = (
-        {
-            "dagster/asset_partition_range_start": partition_range[0],
-            "dagster/asset_partition_range_end": partition_range[1],
-        }
-        if partition_range
-        else {}
-    )
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance(),
-        tags=tags,
-        asset_selection=list(dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())),
-    )
 
 
 def _predict(champ, frame) -> np.ndarray:  # noqa: ANN001 - Champion, Frame

@@ -5,57 +5,76 @@ Runs are recorded in DAGSTER_HOME (data/dagster_home by default), so `make ui` s
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
+from datetime import date, timedelta
+from pathlib import Path
 
 import dagster as dg
 
 from ml.settings import get_settings
+from orchestration.assets.training import WindowsConfig
+
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
+# The book's protocol (Le Borgne et al. 2022): training data up to 2018-07-31, 7-day delay, test 08-08..14.
+BOOK_DAY = "2018-08-08"
 
 
 def instance() -> dg.DagsterInstance:
-    home = os.environ.setdefault("DAGSTER_HOME", str(get_settings().data_dir / "dagster_home"))
-    os.makedirs(home, exist_ok=True)
+    """The persistent instance in DAGSTER_HOME (default ``<data_dir>/dagster_home``), configured by the
+    project's ``dagster.yaml`` unless that home already has one."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(get_settings().data_dir / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_CONFIG, home / "dagster.yaml")
     return dg.DagsterInstance.get()
 
 
-def run(selection: str | Sequence[str], partition_key: str | None = None,
-        partition_range: tuple[str, str] | None = None) -> dg.ExecuteInProcessResult:
-    """Materialize a selection of the code location's assets (with their checks) in one run."""
+def materialize(selection: str | Sequence[str] | dg.AssetSelection, partition_key: str | None = None,
+                partition_range: tuple[str, str] | None = None) -> dg.ExecuteInProcessResult:
+    """Materialize a selection of the code location's assets (with their checks) in one run; a partition
+    range is one run too (the assets' single-run backfill policy)."""
     from orchestration.definitions import defs
 
-    tags = {}
+    tags = None
     if partition_range:
         tags = {"dagster/asset_partition_range_start": partition_range[0],
                 "dagster/asset_partition_range_end": partition_range[1]}
-    job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        instance=instance(),
-        asset_selection=list(dg.AssetSelection.from_coercible(selection).resolve(defs.resolve_asset_graph())),
-        partition_key=partition_key,
-        tags=tags,
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=selection, instance=instance(), resources=defs.resources,
+        partition_key=partition_key, tags=tags, raise_on_error=False,
         # Warnings and errors only on the console; the full event log is in the instance (`make ui`).
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
 
 
-def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+def evaluable_days(windows: WindowsConfig | None = None) -> tuple[str, str]:
+    """First and last day D of the configured partitions whose training window starts inside the data and
+    whose test window (and its labels' delay) ends inside it."""
+    windows = windows or WindowsConfig()
+    s = get_settings()
+    delay = timedelta(days=int(round(s.label_delay_days)))
+    first = date.fromisoformat(s.start_date) + timedelta(days=windows.train_days + windows.valid_days) + delay
+    last_day = date.fromisoformat(s.end_date) - timedelta(days=1)  # end_date is exclusive
+    last = last_day - timedelta(days=windows.test_days - 1) - delay
+    return first.isoformat(), last.isoformat()
 
 
-def _quiet(selection: str, **kwargs: object) -> dg.ExecuteInProcessResult:
-    """``run`` with stdout captured: dagster-dbt echoes every dbt event ("Completed successfully",
-    "Done. PASS=70 ...") to stdout. The events are in the instance anyway; shown here only on failure."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        result = run(selection, **kwargs)  # type: ignore[arg-type]
-    if not result.success:
-        sys.stdout.write(buf.getvalue()[-5000:])
-    return result
+def demo_partition(test_days: int = WindowsConfig().test_days) -> str:
+    """The day D that `make demo` trains and evaluates: the book's day when the data covers its windows (the
+    default simulation), else the latest day whose whole pipeline, test labels included, fits in the data."""
+    first, last = evaluable_days(WindowsConfig(test_days=test_days))
+    if last < first:
+        s = get_settings()
+        raise ValueError(f"the configured days ({s.start_date} .. {s.end_date}) are too few for a training "
+                         "window, its validation, the label delay and a test week")
+    return BOOK_DAY if first <= BOOK_DAY <= last else last
 
 
 def _fail(step: str, result: dg.ExecuteInProcessResult) -> None:
@@ -63,22 +82,28 @@ def _fail(step: str, result: dg.ExecuteInProcessResult) -> None:
     raise SystemExit(f"[demo] {step} failed: {failures[-1] if failures else 'see `make ui`'}")
 
 
-def main() -> None:
-    from orchestration.assets.training import demo_partition
-    from orchestration.resources import daily_partitions
+def main(argv: Sequence[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m orchestration.demo", description=__doc__.splitlines()[0]).parse_args(
+        argv)
+    from orchestration.partitions import daily_partitions
+    from orchestration.resources import prepare_dbt_project
 
     settings = get_settings()
+    prepare_dbt_project()  # the manifest the dbt assets are loaded from, current with the models
     keys = daily_partitions.get_partition_keys()
     t0 = time.perf_counter()
     print(f"[demo] ingest {keys[0]}..{keys[-1]} from {settings.source}", flush=True)
-    ingest = run("raw_transactions", partition_range=(keys[0], keys[-1]))
+    ingest = materialize("raw_transactions", partition_range=(keys[0], keys[-1]))
     if not ingest.success:
         _fail("ingest", ingest)
     meta = ingest.asset_materializations_for_node("raw_transactions")[0].metadata
     t1 = time.perf_counter()
     print("[demo] dbt features", flush=True)
-    features = _quiet("group:features")
+    # dagster-dbt echoes every dbt event to stdout; they are in the instance anyway: shown only on failure.
+    with contextlib.redirect_stdout(io.StringIO()) as dbt_log:
+        features = materialize("group:features")
     if not features.success:
+        sys.stdout.write(dbt_log.getvalue()[-5000:])
         _fail("features", features)
     t2 = time.perf_counter()
     print(
@@ -87,7 +112,7 @@ def main() -> None:
     )
     day = demo_partition()
     print(f"[demo] training, evaluation and champion gate for D={day}", flush=True)
-    training = run("group:training", partition_key=day)
+    training = materialize("group:training", partition_key=day)
     if not training.success:
         _fail("training", training)
     print(training_summary(training, time.perf_counter() - t2))

@@ -1,49 +1,43 @@
-"""Resources and partitions shared by every stage."""
+"""The dbt project and the resources every stage uses.
+
+dbt's manifest is prepared outside import: ``dagster dev`` does it through ``prepare_if_dev``, a deployment with
+``dagster-dbt project prepare-and-package --file orchestration/resources.py``, and the other entry points
+(``make demo``, the tests, the benchmarks) call ``prepare_dbt_project()`` before loading the definitions.
+"""
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 from pathlib import Path
 
-import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 from dagster_duckdb import DuckDBResource
 
-from ml.settings import PROJECT_ROOT, export_tool_env
+from ml.settings import PROJECT_ROOT, get_settings
 
-SETTINGS = export_tool_env()
-# dagster-dbt's manifest preparation looks for `dbt` on PATH: put this venv's first, so an unactivated
-# venv (make targets, `dg`, CI) still finds it.
-_VENV_BIN = str(Path(sys.executable).parent)
-if _VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = _VENV_BIN + os.pathsep + os.environ.get("PATH", "")
-
-# One partition per day of transactions; training/evaluation/drift use the same days (D = training day).
-daily_partitions = dg.DailyPartitionsDefinition(start_date=SETTINGS.start_date, end_date=SETTINGS.end_date)
-
-DBT_PROJECT = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
-
-
-def _manifest_stale(project: DbtProject) -> bool:
-    """No manifest, or a model/YAML file changed since it was parsed (e.g. after `fraud features render`)."""
-    if not project.manifest_path.exists():
-        return True
-    parsed = project.manifest_path.stat().st_mtime
-    sources = [project.project_dir / "dbt_project.yml", *(project.project_dir / "models").rglob("*")]
-    return any(p.is_file() and p.stat().st_mtime > parsed for p in sources)
-
-
-if _manifest_stale(DBT_PROJECT):
-    # `dagster dev` refreshes it on every load; other entry points (CLI, tests, demo) when it is stale.
-    DBT_PROJECT.preparer.prepare(DBT_PROJECT)
+DBT_PROJECT = DbtProject(project_dir=PROJECT_ROOT / "dbt_project")
 DBT_PROJECT.prepare_if_dev()
 
-resources_defs = dg.Definitions(
-    resources={
+# The dbt installed beside this interpreter (the venv's), so an unactivated venv finds it without PATH.
+_VENV_DBT = Path(sys.executable).with_name("dbt")
+DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else (shutil.which("dbt") or "dbt")
+
+
+def dbt_resource() -> DbtCliResource:
+    return DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=DBT_EXECUTABLE)
+
+
+def prepare_dbt_project() -> Path:
+    """`dbt parse` into the project's manifest (what `prepare_if_dev` does under `dagster dev`); call it before
+    importing ``orchestration.definitions`` anywhere else, and after the models change (`fraud features render`)."""
+    dbt_resource().cli(["parse", "--quiet"], target_path=DBT_PROJECT.target_path).wait()
+    return DBT_PROJECT.manifest_path
+
+
+def build_resources() -> dict[str, object]:
+    return {
         # Only Dagster/dbt write the warehouse (DuckDB allows one writer process per file).
-        "duckdb": DuckDBResource(database=str(SETTINGS.warehouse)),
-        # The venv's dbt, so the CLI works without an activated venv on PATH.
-        "dbt": DbtCliResource(project_dir=DBT_PROJECT, dbt_executable=str(Path(_VENV_BIN) / "dbt")),
+        "duckdb": DuckDBResource(database=str(get_settings().warehouse)),
+        "dbt": dbt_resource(),
     }
-)

@@ -1,7 +1,7 @@
 """Shared fixtures: a small simulated warehouse built through the real Dagster assets and dbt.
 
-The environment is set before any project module is imported, so every test (and Dagster's resources,
-which read settings at import) uses a private temp data directory and a small simulation.
+The environment is set before any project module is imported, so every test (and Dagster's partitions and
+resources, which read settings at import) uses a private temp data directory and a small simulation.
 """
 
 from __future__ import annotations
@@ -103,10 +103,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def warehouse() -> Path:
     """Materialize raw_transactions (all days) and the dbt feature models once; return the DuckDB path."""
     from ml.settings import get_settings
-    from orchestration.demo import run
-    from orchestration.resources import daily_partitions
+    from orchestration.demo import materialize
+    from orchestration.partitions import daily_partitions
+    from orchestration.resources import prepare_dbt_project
 
+    prepare_dbt_project()  # the manifest the dbt assets are loaded from (before the definitions are)
     keys = daily_partitions.get_partition_keys()
-    assert run("raw_transactions", partition_range=(keys[0], keys[-1])).success
-    assert run("group:features").success
+    assert materialize("raw_transactions", partition_range=(keys[0], keys[-1])).success
+    assert materialize("group:features").success
     return get_settings().warehouse

@@ -163,9 +163,10 @@ def test_assets_write_reports_and_evidence_and_sensor_requests_retraining(
 
     from ml.monitoring.drift import workspace_path
     from ml.settings import get_settings
-    from orchestration import resources
     from orchestration.assets import monitoring
+    from orchestration.definitions import defs
     from orchestration.demo import instance
+    from orchestration.sensors import retrain_on_drift_sensor
 
     inst = instance()
     assets = [monitoring.feature_drift_report, monitoring.prediction_drift_report]
@@ -173,7 +174,7 @@ def test_assets_write_reports_and_evidence_and_sensor_requests_retraining(
         assets,
         partition_key=DAY,
         instance=inst,
-        resources=resources.resources_defs.resources,
+        resources=defs.resources,
         selection=[a.key for a in assets],
         raise_on_error=True,
     )
@@ -186,7 +187,7 @@ def test_assets_write_reports_and_evidence_and_sensor_requests_retraining(
     assert (workspace_path(get_settings())).exists()
     # Nothing failed yet: the sensor skips.
     ctx = dg.build_sensor_context(instance=inst)
-    assert isinstance(monitoring.retrain_on_drift_sensor(ctx), dg.SkipReason)
+    assert isinstance(retrain_on_drift_sensor(ctx), dg.SkipReason)
 
     # A threshold no day can meet: the feature check fails and the sensor asks for retraining.
     monkeypatch.setenv("FRAUD_DRIFT_DRIFTED_SHARE", "0.01")
@@ -195,12 +196,12 @@ def test_assets_write_reports_and_evidence_and_sensor_requests_retraining(
         [monitoring.feature_drift_report],
         partition_key=DAY,
         instance=inst,
-        resources=resources.resources_defs.resources,
+        resources=defs.resources,
         raise_on_error=True,
     )
     failed = [e for e in res.get_asset_check_evaluations() if e.check_name == monitoring.FEATURE_CHECK][0]
     assert not failed.passed and failed.metadata["evidence"].value["drifted"]
-    requests = monitoring.retrain_on_drift_sensor(dg.build_sensor_context(instance=inst, cursor=ctx.cursor))
+    requests = retrain_on_drift_sensor(dg.build_sensor_context(instance=inst, cursor=ctx.cursor))
     assert isinstance(requests, list) and len(requests) == 1
     req = requests[0]
     assert req.partition_key == "2018-05-25" and dg.AssetKey("xgb_model") in req.asset_selection

@@ -58,13 +58,12 @@ def test_score_on_a_user_file_through_the_whole_pipeline(warehouse: Path, tmp_pa
     env.pop("FRAUD_WAREHOUSE", None)
     (tmp_path / "dagster_home").mkdir()
     script = (
-        "from orchestration.demo import run\n"
-        "from orchestration.resources import daily_partitions\n"
-        "from orchestration.assets.training import demo_partition\n"
+        "from orchestration.demo import demo_partition, materialize\n"
+        "from orchestration.partitions import daily_partitions\n"
         "keys = daily_partitions.get_partition_keys()\n"
-        "assert run('raw_transactions', partition_range=(keys[0], keys[-1])).success\n"
-        "assert run('group:features').success\n"
-        "assert run('group:training', partition_key=demo_partition()).success\n"
+        "assert materialize('raw_transactions', partition_range=(keys[0], keys[-1])).success\n"
+        "assert materialize('group:features').success\n"
+        "assert materialize('group:training', partition_key=demo_partition()).success\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)

@@ -110,7 +110,8 @@ def test_dagster_streaming_snapshot_and_drift_sensor(tiny: pd.DataFrame) -> None
 
     from ml.online.factory import make_store
     from ml.settings import get_settings
-    from orchestration.assets.streaming import drift_event_sensor, river_snapshot
+    from orchestration.assets.streaming import river_snapshot
+    from orchestration.sensors import drift_event_sensor
     from streaming.sources import ReplaySource
     from streaming.worker import Sink, Worker
 

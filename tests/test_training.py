@@ -128,10 +128,10 @@ def test_training_assets_end_to_end(warehouse: Path) -> None:
     champion that has no registry metadata (whatever other tests left in the shared store)."""
     from ml import registry
     from ml.settings import get_settings
-    from orchestration.demo import run
+    from orchestration.demo import materialize
 
     standin = _standin_champion()
-    result = run("group:training", partition_key=DAY)
+    result = materialize("group:training", partition_key=DAY)
     assert result.success
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks)
@@ -159,6 +159,6 @@ def test_training_assets_end_to_end(warehouse: Path) -> None:
 
     # Re-running the day's gate changes nothing: no second champion version of the same model.
     n_versions = len(registry.champion_history())
-    again = run("champion_gate", partition_key=DAY)
+    again = materialize("champion_gate", partition_key=DAY)
     assert again.success and len(registry.champion_history()) == n_versions
     assert "already is the champion" in registry.last_decisions(1)[-1]["reason"]

@@ -105,7 +105,7 @@ def test_export_swaps_generations_and_keeps_the_previous_one(small_warehouse: Pa
 def test_a_reader_on_the_snapshot_does_not_fail_the_dbt_build(warehouse: Path) -> None:
     """The session warehouse's features build exported a snapshot; a reader holding it open (mid-scan)
     while the dbt build runs again neither fails the build nor breaks."""
-    from orchestration.demo import run
+    from orchestration.demo import materialize
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
         expected = con.execute("select count(*), sum(customer_nb_tx_7d) from main.fct_transaction_features"
@@ -116,6 +116,6 @@ def test_a_reader_on_the_snapshot_does_not_fail_the_dbt_build(warehouse: Path) -
                            ).fetchall() == [expected]
         batches = con.sql("select * from fct_transaction_features").to_arrow_reader(1000)
         first = batches.read_next_batch()
-        assert run("group:features").success  # dbt build + a new snapshot generation
+        assert materialize("group:features").success  # dbt build + a new snapshot generation
         rest = sum(b.num_rows for b in batches)
     assert first.num_rows + rest == expected[0]

@@ -5,7 +5,7 @@ After a successful build the feature mart is exported as a per-day Parquet snaps
 batch readers scan it instead of opening the warehouse, so they never block a build nor die on its lock.
 """
 
-
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 from dagster_duckdb import DuckDBResource
 
-from ml.features.spec import FEATURES_MART
+from orchestration.assets import FEATURES_TABLE_KEY
 from orchestration.resources import DBT_PROJECT
 
 
@@ -23,21 +23,16 @@ class FeatureTranslator(DagsterDbtTranslator):
         return "features"
 
 
-FEATURES_TABLE_KEY = dg.AssetKey([FEATURES_MART])
-
-
 @dbt_assets(manifest=DBT_PROJECT.manifest_path, dagster_dbt_translator=FeatureTranslator())
 def feature_models(context: dg.AssetExecutionContext, dbt: DbtCliResource,
                    duckdb: DuckDBResource) -> Iterator[Any]:
     from ml.data.warehouse import export_features
 
-    # Full rebuild: window features need history, and the 183-day build takes seconds.
-    yield from dbt.cli(["build"], context=context).stream()
+    # Full rebuild: window features need history, and the 183-day build takes seconds. The warehouse is the
+    # duckdb resource's (dbt's profile reads the `warehouse` var), so both always write the same file.
+    yield from dbt.cli(["build", "--vars", json.dumps({"warehouse": duckdb.database})], context=context).stream()
     # Reached only when the build (models and tests) succeeded: a failed build keeps the last snapshot.
     if FEATURES_TABLE_KEY in context.selected_asset_keys:
         with duckdb.get_connection() as con:
             out = export_features(con, Path(duckdb.database))
         context.log.info(f"Feature snapshot for readers: {out}")
-
-
-defs = dg.Definitions(assets=[feature_models])

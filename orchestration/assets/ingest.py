@@ -7,7 +7,7 @@ from ml.contract import to_utc_naive
 from ml.data.ingest import land
 from ml.data.sources import resolve_source
 from ml.settings import get_settings
-from orchestration.resources import daily_partitions
+from orchestration.partitions import daily_partitions
 
 
 class IngestConfig(dg.Config):
@@ -40,6 +40,7 @@ def raw_transactions(
     window = context.partition_time_window
     path = resolve_source(settings)
     context.log.info(f"Landing {path} for [{window.start:%Y-%m-%d}, {window.end:%Y-%m-%d})")
+    Path(duckdb.database).parent.mkdir(parents=True, exist_ok=True)  # the first write creates the warehouse
     with duckdb.get_connection() as con:
         # The run's whole range (one run for a multi-day backfill): rows outside it are quarantined.
         stats = land(con, path, to_utc_naive(window.start), to_utc_naive(window.end),
@@ -59,5 +60,3 @@ def raw_transactions(
         }
     )
 
-
-defs = dg.Definitions(assets=[raw_transactions])

@@ -1,25 +1,23 @@
-"""Monitoring stage: Evidently drift reports per day, the checks that decide retraining, schedule and sensor.
+"""Monitoring stage: Evidently drift reports per day and the checks on them that decide retraining.
 
 - ``feature_drift_report[D]``: the day's features vs. the champion's training window (checks
   ``feature_drift_share`` and ``stream_drift_events``).
 - ``prediction_drift_report[D]``: the champion's score distribution on D vs. its reference (``score_drift``).
 - ``classification_quality_report[D]``: quality on D once its labels are known (``average_precision_drop``);
   the schedule runs it for D = today - delay.
-- ``drift_checks_schedule``: daily. ``retrain_on_drift_sensor``: when one of those checks fails, requests a
-  training run (the training stage's assets) for the latest partition; the new model passes the champion gate.
+The schedule (``drift_checks_schedule``) and the sensor that retrains when a check fails
+(``retrain_on_drift_sensor``) are in ``orchestration/schedules.py`` and ``orchestration/sensors.py``.
 Thresholds and their reasoning: ``ml/monitoring/thresholds.py``. HTML under reports/drift/<day>/, Evidently
 workspace at data/evidently (``evidently ui --workspace data/evidently``).
 """
-
-from datetime import timedelta
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ml.data.warehouse import features_connection
 from ml.settings import get_settings
-from orchestration.assets.features import FEATURES_TABLE_KEY
-from orchestration.resources import daily_partitions
+from orchestration.assets import FEATURES_TABLE_KEY
+from orchestration.partitions import daily_partitions
 
 GROUP = "monitoring"
 FEATURE_CHECK, STREAM_CHECK = "feature_drift_share", "stream_drift_events"
@@ -194,121 +192,3 @@ def classification_quality_report(context: dg.AssetExecutionContext, duckdb: Duc
     yield dg.MaterializeResult(
         metadata=meta, check_results=[_check_result(sig, "classification_quality_report", QUALITY_CHECK)]
     )
-
-
-DRIFT_ASSETS = [feature_drift_report, prediction_drift_report]
-drift_checks_job = dg.define_asset_job(
-    "drift_checks", selection=dg.AssetSelection.groups(GROUP), partitions_def=daily_partitions
-)
-
-
-@dg.schedule(
-    cron_schedule="0 2 * * *",
-    job=drift_checks_job,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-)
-def drift_checks_schedule(context: dg.ScheduleEvaluationContext):
-    """Day T: drift reports of yesterday (complete day), quality of yesterday - delay (labels known now)."""
-    today = context.scheduled_execution_time.date()
-    keys = set(daily_partitions.get_partition_keys(current_time=context.scheduled_execution_time))
-    delay = int(round(get_settings().label_delay_days))
-    plan = (
-        ("drift", [a.key for a in DRIFT_ASSETS], today - timedelta(days=1)),
-        ("quality", [classification_quality_report.key], today - timedelta(days=1 + delay)),
-    )
-    requests = [
-        dg.RunRequest(run_key=f"{name}-{d.isoformat()}", partition_key=d.isoformat(), asset_selection=sel)
-        for name, sel, d in plan
-        if d.isoformat() in keys
-    ]
-    return requests or dg.SkipReason(f"no partition for {today}")
-
-
-MONITORED_CHECKS = [
-    dg.AssetCheckKey(dg.AssetKey("feature_drift_report"), FEATURE_CHECK),
-    dg.AssetCheckKey(dg.AssetKey("feature_drift_report"), STREAM_CHECK),
-    dg.AssetCheckKey(dg.AssetKey("prediction_drift_report"), SCORE_CHECK),
-    dg.AssetCheckKey(dg.AssetKey("classification_quality_report"), QUALITY_CHECK),
-]
-RETRAIN_ASSETS = ["training_set", "xgb_model", "model_evaluation", "champion_gate"]
-
-
-def _partition_of(instance: dg.DagsterInstance, record) -> str | None:  # noqa: ANN001 - check record
-    """The partition a check evaluated: the record's, else its run's partition tag (a check emitted by a
-    partitioned asset's run is stored without one)."""
-    if record.partition:
-        return record.partition
-    run = instance.get_run_by_id(record.run_id)
-    return run.tags.get("dagster/partition") if run is not None else None
-
-
-def retrain_requests(
-    instance: dg.DagsterInstance, cursor: int, partitions: list[str]
-) -> tuple[list[dg.RunRequest], int]:
-    """Run requests for failed monitored checks newer than ``cursor`` (an event-log id), and the new cursor.
-
-    The retraining partition is the day after the failing one (its labels are known then), capped at the
-    latest partition. The run's tags carry the evidence (check, partition, summary).
-    """
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
-    requests, newest = [], cursor
-    for key in MONITORED_CHECKS:
-        record = instance.get_latest_asset_check_evaluation_record(key)
-        if record is None or record.id <= cursor:
-            continue
-        newest = max(newest, record.id)
-        if record.status != AssetCheckExecutionRecordStatus.FAILED:
-            continue
-        failed_day = _partition_of(instance, record) or partitions[-1]
-        nxt = _next_key(failed_day, partitions)
-        evaluation = record.evaluation
-        summary = (
-            str(evaluation.metadata.get("summary").value)
-            if evaluation and "summary" in evaluation.metadata
-            else key.name
-        )
-        requests.append(
-            dg.RunRequest(
-                run_key=f"retrain-{nxt}",
-                partition_key=nxt,
-                asset_selection=[dg.AssetKey(a) for a in RETRAIN_ASSETS],
-                tags={
-                    "fraud/trigger_check": key.to_user_string(),
-                    "fraud/trigger_partition": failed_day,
-                    "fraud/evidence": summary[:200],
-                },
-            )
-        )
-    return requests, newest
-
-
-def _next_key(day: str, partitions: list[str]) -> str:
-    later = [k for k in partitions if k > day]
-    return later[0] if later else day
-
-
-@dg.sensor(
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    asset_selection=dg.AssetSelection.assets(*RETRAIN_ASSETS),
-    description="Launches retraining (training stage, champion gate) when a drift check fails.",
-)
-def retrain_on_drift_sensor(context: dg.SensorEvaluationContext):
-    cursor = int(context.cursor or 0)
-    requests, newest = retrain_requests(context.instance, cursor, daily_partitions.get_partition_keys())
-    context.update_cursor(str(newest))
-    if not requests:
-        return dg.SkipReason("no new failed drift check")
-    for r in requests:
-        context.log.info(f"retrain {r.partition_key}: {r.tags.get('fraud/evidence')}")
-    return requests
-
-
-defs = dg.Definitions(
-    assets=[feature_drift_report, prediction_drift_report, classification_quality_report],
-    jobs=[drift_checks_job],
-    schedules=[drift_checks_schedule],
-    sensors=[retrain_on_drift_sensor],
-)

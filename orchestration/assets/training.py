@@ -2,16 +2,15 @@
 
 D is the day a model is trained (see ml.training.training_set for the windows): the training/validation rows
 end at D - delay with labels known at D; the test window is [D, D + test_days). An honest evaluation needs the
-test window's labels, known only at D + test_days + delay. So the daily schedule, run on day T, asks for two
-runs: training (training_set, xgb_model) for D = T, and evaluation + gate (model_evaluation,
-champion_gate) for D = T - test_days - delay, the latest day whose test labels are all known. A champion is
-therefore always a model that beat (or matched) the previous champion on data neither had seen.
+test window's labels, known only at D + test_days + delay. So the daily schedule (``orchestration/schedules.py``),
+run on day T, asks for two runs: training (training_set, xgb_model) for D = T, and evaluation + gate
+(model_evaluation, champion_gate) for D = T - test_days - delay, the latest day whose test labels are all known.
+A champion is therefore always a model that beat (or matched) the previous champion on data neither had seen.
 On historical data (simulator, a user's file) every step of one partition can run at once:
-``run("group:training", partition_key=D)`` (that is what `make demo` does, see ``demo_partition``).
+``materialize("group:training", partition_key=D)`` (what `make demo` does, see ``demo_partition``).
 """
 
 import json
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from ml.data.warehouse import features_connection
 from ml.features.spec import FEATURES_TABLE
 from ml.settings import get_settings
 from ml.training.train import XGBParams
-from orchestration.assets.features import FEATURES_TABLE_KEY
-from orchestration.resources import daily_partitions
+from orchestration.assets import FEATURES_TABLE_KEY
+from orchestration.partitions import daily_partitions
 
 GROUP = "training"
 
@@ -64,7 +63,7 @@ class GateConfig(dg.Config):
     tolerance: float = 0.01
 
 
-def _set_dir(day: str) -> Path:
+def training_set_dir(day: str) -> Path:
     return get_settings().data_dir / "training_sets" / day
 
 
@@ -72,7 +71,7 @@ def _report_dir(day: str) -> Path:
     return get_settings().reports_dir / "training" / day
 
 
-def _window_cfg(manifest: dict):  # -> WindowConfig
+def window_config(manifest: dict):  # -> WindowConfig
     from ml.training.training_set import WindowConfig
 
     return WindowConfig(**manifest["config"])
@@ -88,7 +87,7 @@ def training_set(context: dg.AssetExecutionContext, config: WindowsConfig,
 
     day = context.partition_key
     cfg = WindowConfig(config.train_days, config.valid_days, config.test_days)
-    path = _set_dir(day) / "rows.parquet"
+    path = training_set_dir(day) / "rows.parquet"
     with features_connection(duckdb.database) as con:
         write_parquet(con, day, cfg, path)
     data = read_parquet(path, day, cfg)
@@ -110,31 +109,6 @@ def training_set(context: dg.AssetExecutionContext, config: WindowsConfig,
     })
 
 
-def _point_in_time(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    import numpy as np
-
-    from ml.training.training_set import read_parquet
-
-    day = context.partition_key
-    manifest = json.loads((_set_dir(day) / "manifest.json").read_text())
-    data = read_parquet(_set_dir(day) / "rows.parquet", day, _window_cfg(manifest))
-    w = data.windows
-    known = np.datetime64(w.day, "us")
-    late = int((data.train.label_time > known).sum() + (data.valid.label_time > known).sum())
-    ordered = w.train[1] <= w.valid[0] and w.valid[1] <= w.day <= w.test[0]
-    return dg.AssetCheckResult(passed=late == 0 and ordered,
-                               metadata={"rows_with_label_after_D": late, "windows_ordered": ordered})
-
-
-with warnings.catch_warnings():
-    # A partitioned check (it reads the rows of D) is a Dagster "preview" feature: keep its warning quiet.
-    warnings.simplefilter("ignore", dg.PreviewWarning)
-    training_set_point_in_time = dg.asset_check(
-        asset=training_set, name="training_set_point_in_time", blocking=True, partitions_def=daily_partitions,
-        description="No row's label is unknown at D, and train/valid/test windows do not overlap.",
-    )(_point_in_time)
-
-
 @dg.asset(
     group_name=GROUP, partitions_def=daily_partitions, deps=[training_set], kinds={"xgboost", "bentoml"},
     description="XGBoost fit on the training set of D, saved as a fraud-xgb version in the BentoML store.",
@@ -145,8 +119,8 @@ def xgb_model(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.Mate
     from ml.training.training_set import read_parquet
 
     day = context.partition_key
-    manifest = json.loads((_set_dir(day) / "manifest.json").read_text())
-    data = read_parquet(_set_dir(day) / "rows.parquet", day, _window_cfg(manifest))
+    manifest = json.loads((training_set_dir(day) / "manifest.json").read_text())
+    data = read_parquet(training_set_dir(day) / "rows.parquet", day, window_config(manifest))
     params = XGBParams(**config.model_dump())
     result = fit(data, params)
     meta = model_metadata(data, result, extra={"dagster_run_id": context.run_id})
@@ -308,63 +282,3 @@ def champion_gate(context: dg.AssetExecutionContext, config: GateConfig,
         "tolerance": config.tolerance, "decision": dg.MetadataValue.json(decision.as_dict()),
         "comparison": dg.MetadataValue.md(table),
     })
-
-
-training_job = dg.define_asset_job("daily_training", selection=dg.AssetSelection.groups(GROUP),
-                                   partitions_def=daily_partitions)
-TRAIN_STEPS = [training_set.key, xgb_model.key]
-EVALUATE_STEPS = [model_evaluation.key, champion_gate.key]
-
-
-@dg.schedule(cron_schedule="0 3 * * *", job=training_job, execution_timezone="UTC",
-             default_status=dg.DefaultScheduleStatus.STOPPED)
-def daily_training_schedule(context: dg.ScheduleEvaluationContext):
-    """Day T: train D = T; evaluate and gate D = T - test_days - delay (its test labels are known now)."""
-    now = context.scheduled_execution_time
-    today = now.date()
-    keys = set(daily_partitions.get_partition_keys(current_time=now))
-    lag = WindowsConfig().test_days + int(round(get_settings().label_delay_days))
-    requests = []
-    plan = (("train", TRAIN_STEPS, today), ("evaluate", EVALUATE_STEPS, today - timedelta(days=lag)))
-    for step, steps, d in plan:
-        key = d.isoformat()
-        if key in keys:
-            requests.append(dg.RunRequest(run_key=f"{step}-{key}", partition_key=key, asset_selection=steps))
-    return requests or dg.SkipReason(f"{today} and its evaluation day are outside the partitions")
-
-
-# The book's protocol (Le Borgne et al. 2022): training data up to 2018-07-31, 7-day delay, test 08-08..14.
-BOOK_DAY = "2018-08-08"
-
-
-def evaluable_days(windows: WindowsConfig | None = None) -> tuple[str, str]:
-    """First and last day D of the configured partitions whose training window starts inside the data and
-    whose test window (and its labels' delay) ends inside it."""
-    from datetime import date
-
-    windows = windows or WindowsConfig()
-    s = get_settings()
-    delay = timedelta(days=int(round(s.label_delay_days)))
-    first = date.fromisoformat(s.start_date) + timedelta(days=windows.train_days + windows.valid_days) + delay
-    last_day = date.fromisoformat(s.end_date) - timedelta(days=1)  # end_date is exclusive
-    last = last_day - timedelta(days=windows.test_days - 1) - delay
-    return first.isoformat(), last.isoformat()
-
-
-def demo_partition(test_days: int = WindowsConfig().test_days) -> str:
-    """The day D that `make demo` trains and evaluates: the book's day when the data covers its windows (the
-    default simulation), else the latest day whose whole pipeline, test labels included, fits in the data."""
-    first, last = evaluable_days(WindowsConfig(test_days=test_days))
-    if last < first:
-        s = get_settings()
-        raise ValueError(f"the configured days ({s.start_date} .. {s.end_date}) are too few for a training "
-                         "window, its validation, the label delay and a test week")
-    return BOOK_DAY if first <= BOOK_DAY <= last else last
-
-
-defs = dg.Definitions(
-    assets=[training_set, xgb_model, model_evaluation, champion_gate],
-    asset_checks=[training_set_point_in_time],
-    jobs=[training_job],
-    schedules=[daily_training_schedule],
-)

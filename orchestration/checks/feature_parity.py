@@ -1,4 +1,4 @@
-"""Serving stage: prove the online features equal dbt's training features (no training/serving skew).
+"""Online/offline parity: prove the online features equal dbt's training features (no training/serving skew).
 
 Two asset checks on ``fct_transaction_features`` replay the last ``FRAUD_PARITY_DAYS`` days (default 3,
 after a warm-up of the longest lookback) of transactions and labels through the scoring service's online
@@ -11,13 +11,11 @@ The stream worker's path (one transaction at a time) is proven the same way by `
 
 import dagster as dg
 
-from ml.features.spec import FEATURES_MART
 from ml.online.parity import ParityReport, replay_parity
 from ml.online.redis_store import RedisStore
 from ml.online.store import MemoryStore, StoreUnavailable
 from ml.settings import get_settings
-
-FEATURES_TABLE = dg.AssetKey([FEATURES_MART])
+from orchestration.assets import FEATURES_TABLE_KEY
 
 
 def _days() -> float | None:
@@ -44,13 +42,13 @@ def _result(report: ParityReport) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=FEATURES_TABLE, name="online_parity_memory",
+@dg.asset_check(asset=FEATURES_TABLE_KEY, name="online_parity_memory",
                 description="Online features (in-process store) == dbt features on replayed days.")
 def online_parity_memory() -> dg.AssetCheckResult:
     return _result(replay_parity(get_settings().warehouse, MemoryStore(), days=_days(), backend="memory"))
 
 
-@dg.asset_check(asset=FEATURES_TABLE, name="online_parity_redis",
+@dg.asset_check(asset=FEATURES_TABLE_KEY, name="online_parity_redis",
                 description="Online features (Redis store) == dbt features on replayed days; fails if "
                 "Redis is unreachable.")
 def online_parity_redis(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -69,5 +67,3 @@ def online_parity_redis(context: dg.AssetCheckExecutionContext) -> dg.AssetCheck
             pass
         store.close()
 
-
-defs = dg.Definitions(asset_checks=[online_parity_memory, online_parity_redis])
