@@ -58,16 +58,16 @@ def main() -> None:
 
     from ml.training.evaluate import evaluate_booster, load_test_window
     from ml.training.train import XGBParams, fit
-    from ml.training.training_set import WindowConfig, build
+    from ml.training.training_set import SplitLengths, build
 
     wh = _ensure_warehouse()
     runs, inputs = {}, {}
     with duckdb.connect(str(wh), read_only=True) as con:
         # 28d: the project's default window (the fit-time figure); 56d: a longer history, which the
         # validation AP prefers (more scenario-2/3 examples); book_7d: the book's own 7-day training window.
-        for name, cfg in (("28d", WindowConfig(train_days=21, valid_days=7, test_days=7, delay_days=7)),
-                          ("56d", WindowConfig(train_days=49, valid_days=7, test_days=7, delay_days=7)),
-                          ("book_7d", WindowConfig(train_days=7, valid_days=7, test_days=7, delay_days=7))):
+        for name, cfg in (("28d", SplitLengths(train_days=21, valid_days=7, test_days=7, delay_days=7)),
+                          ("56d", SplitLengths(train_days=49, valid_days=7, test_days=7, delay_days=7)),
+                          ("book_7d", SplitLengths(train_days=7, valid_days=7, test_days=7, delay_days=7))):
             t0 = time.perf_counter()
             data = build(con, DAY, cfg)
             load_s = time.perf_counter() - t0

@@ -77,7 +77,7 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
     from ml.monitoring.thresholds import DriftThresholds
     from ml.settings import get_settings
     from ml.training.train import XGBParams, fit, model_metadata
-    from ml.training.training_set import WindowConfig, build, load_frame
+    from ml.training.training_set import SplitLengths, build, load_frame
     from orchestration.checks.feature_parity import online_parity_memory, online_parity_redis
     from orchestration.demo import materialize
     from orchestration.partitions import daily_partitions
@@ -94,7 +94,7 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
     print(f"[{settings.data_dir.name}] warehouse built in {time.perf_counter() - t0:.0f}s", flush=True)
     con = duckdb.connect(str(settings.warehouse), read_only=True)
     t = DriftThresholds.from_env()
-    cfg = WindowConfig(train_days=train_days, valid_days=valid_days)
+    cfg = SplitLengths(train_days=train_days, valid_days=valid_days)
     delay = settings.label_delay_days
     days = [pd.Timestamp(k) for k in keys]
 
@@ -106,7 +106,7 @@ def run_scenario(out: Path, first_day: int, train_days: int, valid_days: int, sa
         after_alarm = reason != "initial champion"
         win = cfg
         if after_alarm and retrain_valid_days:
-            win = WindowConfig(train_days=train_days + valid_days - retrain_valid_days,
+            win = SplitLengths(train_days=train_days + valid_days - retrain_valid_days,
                                valid_days=retrain_valid_days)
         data = build(con, day.to_pydatetime(), win)
         # Seconds, not minutes, per retrain. A retrain after an alarm weights recent rows up (half-life in

@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from ml.settings import get_settings
-from orchestration.assets.training import WindowsConfig
+from orchestration.assets.training import SplitConfig
 
 INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 # The book's protocol (Le Borgne et al. 2022): training data up to 2018-07-31, 7-day delay, test 08-08..14.
@@ -54,10 +54,10 @@ def materialize(selection: str | Sequence[str] | dg.AssetSelection, partition_ke
     )
 
 
-def evaluable_days(windows: WindowsConfig | None = None) -> tuple[str, str]:
+def evaluable_days(windows: SplitConfig | None = None) -> tuple[str, str]:
     """First and last day D of the configured partitions whose training window starts inside the data and
     whose test window (and its labels' delay) ends inside it."""
-    windows = windows or WindowsConfig()
+    windows = windows or SplitConfig()
     s = get_settings()
     delay = timedelta(days=int(round(s.label_delay_days)))
     first = date.fromisoformat(s.start_date) + timedelta(days=windows.train_days + windows.valid_days) + delay
@@ -66,10 +66,10 @@ def evaluable_days(windows: WindowsConfig | None = None) -> tuple[str, str]:
     return first.isoformat(), last.isoformat()
 
 
-def demo_partition(test_days: int = WindowsConfig().test_days) -> str:
+def demo_partition(test_days: int = SplitConfig().test_days) -> str:
     """The day D that `make demo` trains and evaluates: the book's day when the data covers its windows (the
     default simulation), else the latest day whose whole pipeline, test labels included, fits in the data."""
-    first, last = evaluable_days(WindowsConfig(test_days=test_days))
+    first, last = evaluable_days(SplitConfig(test_days=test_days))
     if last < first:
         s = get_settings()
         raise ValueError(f"the configured days ({s.start_date} .. {s.end_date}) are too few for a training "

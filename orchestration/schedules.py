@@ -10,7 +10,7 @@ from orchestration.assets.monitoring import (
     feature_drift_report,
     prediction_drift_report,
 )
-from orchestration.assets.training import WindowsConfig, champion_gate, model_evaluation, training_set, xgb_model
+from orchestration.assets.training import SplitConfig, champion_gate, model_evaluation, training_set, xgb_model
 from orchestration.jobs import drift_checks_job, river_snapshot_job, training_job
 from orchestration.partitions import daily_partitions
 
@@ -38,7 +38,7 @@ def _delay_days() -> int:
              default_status=dg.DefaultScheduleStatus.STOPPED)
 def daily_training_schedule(context: dg.ScheduleEvaluationContext):
     """Day T: train D = T; evaluate and gate D = T - test_days - delay (its test labels are known now)."""
-    lag = WindowsConfig().test_days + _delay_days()
+    lag = SplitConfig().test_days + _delay_days()
     requests = _requests(context, (("train", TRAIN_STEPS, 0), ("evaluate", EVALUATE_STEPS, lag)))
     return requests or dg.SkipReason(
         f"{context.scheduled_execution_time.date()} and its evaluation day are outside the partitions")

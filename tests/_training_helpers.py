@@ -17,10 +17,10 @@ def train_pair(warehouse: Path) -> dict:
     from ml import registry
     from ml.training.evaluate import evaluate_booster, load_test_window
     from ml.training.train import XGBParams, fit, model_metadata
-    from ml.training.training_set import TrainingData, WindowConfig, build
+    from ml.training.training_set import SplitLengths, TrainingData, build
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        data = build(con, DAY, WindowConfig(train_days=14, valid_days=7, test_days=7))
+        data = build(con, DAY, SplitLengths(train_days=14, valid_days=7, test_days=7))
         window = load_test_window(con, *data.windows.test, data.train.feature_names)
     good = fit(data, XGBParams(n_rounds=40, early_stopping_rounds=10))
     shuffled = dataclasses.replace(data.train, y=np.random.default_rng(0).permutation(data.train.y))

@@ -38,12 +38,12 @@ def champ(warehouse: Path):
     from ml import registry
     from ml.monitoring.daily import champion_from_model
     from ml.training.train import XGBParams, fit, model_metadata
-    from ml.training.training_set import WindowConfig, build
+    from ml.training.training_set import SplitLengths, build
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
         # Reference = its training window, 2018-05-01..05-15: past the first 30 days of the simulation, whose
         # 30-day windows are still filling (a real shift against any later day, not what is tested here).
-        data = build(con, "2018-05-22", WindowConfig(train_days=7, valid_days=7))
+        data = build(con, "2018-05-22", SplitLengths(train_days=7, valid_days=7))
     # Fixed hyperparameters (not the daily defaults), so the score-drift figures below don't move with tuning.
     res = fit(data, XGBParams(n_rounds=40, early_stopping_rounds=10, max_depth=6, min_child_weight=1.0,
                               scale_pos_weight=None))

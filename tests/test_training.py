@@ -16,21 +16,21 @@ DAY = "2018-05-10"
 
 
 def _cfg():
-    from ml.training.training_set import WindowConfig
+    from ml.training.training_set import SplitLengths
 
-    return WindowConfig(train_days=14, valid_days=7, test_days=7)
+    return SplitLengths(train_days=14, valid_days=7, test_days=7)
 
 
 def test_windows_end_a_label_delay_before_the_day() -> None:
     """Fixed timestamp split: train < valid < D - delay <= D = test start."""
-    from ml.training.training_set import WindowConfig, windows_for
+    from ml.training.training_set import SplitLengths, windows_for
 
     w = windows_for(DAY, _cfg())
     assert w.train == (datetime(2018, 4, 12), datetime(2018, 4, 26)) and w.valid[0] == w.train[1]
     assert w.valid[1] == datetime(2018, 5, 3) == w.day - timedelta(days=w.delay_days)
     assert w.test == (datetime(2018, 5, 10), datetime(2018, 5, 17))
     with pytest.raises(ValueError, match=">= 1 day"):
-        windows_for(DAY, WindowConfig(train_days=14, valid_days=0, test_days=7))
+        windows_for(DAY, SplitLengths(train_days=14, valid_days=0, test_days=7))
 
 
 def test_training_rows_respect_label_delay_and_windows(warehouse: Path) -> None:

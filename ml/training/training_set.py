@@ -28,7 +28,7 @@ from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
 
 
 @dataclass(frozen=True)
-class WindowConfig:
+class SplitLengths:
     """Window lengths in days; ``delay_days`` None means the configured label delay (settings)."""
 
     train_days: int = 21
@@ -70,7 +70,7 @@ def as_datetime(day: str | date | datetime) -> datetime:
     return datetime.fromisoformat(day)
 
 
-def windows_for(day: str | date | datetime, cfg: WindowConfig = WindowConfig()) -> Windows:
+def windows_for(day: str | date | datetime, cfg: SplitLengths = SplitLengths()) -> Windows:
     if min(cfg.train_days, cfg.valid_days, cfg.test_days) < 1:
         raise ValueError(f"window lengths must be >= 1 day: {cfg}")
     d = as_datetime(day)
@@ -157,7 +157,7 @@ def fingerprint(*frames: Frame) -> str:
     return h.hexdigest()[:16]
 
 
-def build(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cfg: WindowConfig = WindowConfig(),
+def build(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cfg: SplitLengths = SplitLengths(),
           relation: str = FEATURES_TABLE) -> TrainingData:
     w = windows_for(day, cfg)
     train = load_frame(con, *w.train, labels_known_at=w.day, relation=relation)
@@ -169,7 +169,7 @@ def build(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cfg: Windo
     return TrainingData(w, train, valid)
 
 
-def write_parquet(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cfg: WindowConfig,
+def write_parquet(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cfg: SplitLengths,
                   path: Path) -> None:
     """Materialize the train+valid rows of day D as one Parquet file with a ``split`` column."""
     w = windows_for(day, cfg)
@@ -186,7 +186,7 @@ def write_parquet(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cf
     tmp.replace(path)
 
 
-def read_parquet(path: Path, day: str | date | datetime, cfg: WindowConfig) -> TrainingData:
+def read_parquet(path: Path, day: str | date | datetime, cfg: SplitLengths) -> TrainingData:
     """The TrainingData of a file written by ``write_parquet`` (same rows as ``build``)."""
     with duckdb.connect() as con:
         con.read_parquet(str(path)).create_view("training_rows")

@@ -21,18 +21,22 @@ from ml.data.warehouse import features_connection
 from ml.features.spec import FEATURES_TABLE
 from ml.settings import get_settings
 from ml.training.train import XGBParams
+from ml.training.training_set import SplitLengths
 from orchestration.assets import FEATURES_TABLE_KEY
 from orchestration.partitions import daily_partitions
 
 GROUP = "training"
 
 
-class WindowsConfig(dg.Config):
-    """Window lengths (days). The defaults fit a 28-day window (21 train + 7 validation)."""
+class SplitConfig(dg.Config):
+    """Run config of the fixed timestamp split (days); the defaults are ml.training.training_set.SplitLengths's."""
 
-    train_days: int = 21
-    valid_days: int = 7
-    test_days: int = 7
+    train_days: int = SplitLengths.train_days
+    valid_days: int = SplitLengths.valid_days
+    test_days: int = SplitLengths.test_days
+
+    def lengths(self) -> SplitLengths:
+        return SplitLengths(self.train_days, self.valid_days, self.test_days)
 
 
 class ModelConfig(dg.Config):
@@ -71,22 +75,20 @@ def _report_dir(day: str) -> Path:
     return get_settings().reports_dir / "training" / day
 
 
-def window_config(manifest: dict):  # -> WindowConfig
-    from ml.training.training_set import WindowConfig
-
-    return WindowConfig(**manifest["config"])
+def split_lengths_of(manifest: dict) -> SplitLengths:
+    return SplitLengths(**manifest["config"])
 
 
 @dg.asset(
     group_name=GROUP, partitions_def=daily_partitions, deps=[FEATURES_TABLE_KEY], kinds={"duckdb", "parquet"},
     description="Point-in-time train/validation rows for training day D (labels known at D), as Parquet.",
 )
-def training_set(context: dg.AssetExecutionContext, config: WindowsConfig,
+def training_set(context: dg.AssetExecutionContext, config: SplitConfig,
                  duckdb: DuckDBResource) -> dg.MaterializeResult:
-    from ml.training.training_set import WindowConfig, read_parquet, windows_for, write_parquet
+    from ml.training.training_set import read_parquet, windows_for, write_parquet
 
     day = context.partition_key
-    cfg = WindowConfig(config.train_days, config.valid_days, config.test_days)
+    cfg = config.lengths()
     path = training_set_dir(day) / "rows.parquet"
     with features_connection(duckdb.database) as con:
         write_parquet(con, day, cfg, path)
@@ -120,7 +122,7 @@ def xgb_model(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.Mate
 
     day = context.partition_key
     manifest = json.loads((training_set_dir(day) / "manifest.json").read_text())
-    data = read_parquet(training_set_dir(day) / "rows.parquet", day, window_config(manifest))
+    data = read_parquet(training_set_dir(day) / "rows.parquet", day, split_lengths_of(manifest))
     params = XGBParams(**config.model_dump())
     result = fit(data, params)
     meta = model_metadata(data, result, extra={"dagster_run_id": context.run_id})

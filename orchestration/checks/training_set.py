@@ -5,7 +5,7 @@ import warnings
 
 import dagster as dg
 
-from orchestration.assets.training import training_set_dir, window_config
+from orchestration.assets.training import split_lengths_of, training_set_dir
 from orchestration.partitions import daily_partitions
 
 
@@ -16,7 +16,7 @@ def _point_in_time(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResul
 
     day = context.partition_key
     manifest = json.loads((training_set_dir(day) / "manifest.json").read_text())
-    data = read_parquet(training_set_dir(day) / "rows.parquet", day, window_config(manifest))
+    data = read_parquet(training_set_dir(day) / "rows.parquet", day, split_lengths_of(manifest))
     w = data.windows
     known = np.datetime64(w.day, "us")
     late = int((data.train.label_time > known).sum() + (data.valid.label_time > known).sum())
