@@ -279,7 +279,7 @@ class Worker:
         head = ckpt.Checkpoint(self.model, dict(self.position), {}, self.stats.counters(), self.seq,
                                base=self._base_seq, deltas=self._deltas, ops_since_base=self._ops_since_base)
         job = ckpt.WriteJob(self.seq, ckpt.head_bytes(head, small), delta=delta, base=self._initial_base,
-                            base_seq=self._base_seq, fold=fold)
+                            base_seq=self._base_seq, fold=fold, chain=(self._base_seq, tuple(self._deltas)))
         self._initial_base = None
         if fold:
             self._base_seq, self._deltas, self._ops_since_base = self.seq, [], 0

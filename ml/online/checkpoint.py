@@ -179,6 +179,8 @@ class WriteJob:
     base: bytes | None = None  # a full base at this seq (first checkpoint of a fresh worker, ``save``)
     base_seq: int | None = None
     fold: bool = False  # after committing, fold the chain into a new base (log compaction)
+    # The head's (base seq, delta seqs): which files stay. None: read back from the written head.
+    chain: tuple[int, tuple[int, ...]] | None = None
 
 
 def head_bytes(ckpt: Checkpoint, small: dict[str, Any]) -> bytes:
@@ -203,10 +205,14 @@ def write(directory: Path, job: WriteJob) -> Path:
     if job.delta is not None:
         _atomic_write(directory / _delta_name(job.seq), job.delta, DELTA_PURPOSE, key)
     _atomic_write(directory / HEAD, job.head, HEAD_PURPOSE, key)
-    head = pickle.loads(job.head)  # our own bytes, from memory
-    if job.fold:
-        head = fold(directory, head, key)
-    _cleanup(directory, head)
+    if job.fold or job.chain is None:  # the head as committed, through the verified reader
+        head = _load_signed(directory / HEAD, HEAD_PURPOSE, key)
+        if job.fold:
+            head = fold(directory, head, key)
+        chain = (head["base"], tuple(head["deltas"]))
+    else:
+        chain = job.chain
+    _cleanup(directory, *chain)
     return directory / HEAD
 
 
@@ -220,8 +226,8 @@ def fold(directory: Path, head: dict, key: bytes | None = None) -> dict:
     return head
 
 
-def _cleanup(directory: Path, head: dict) -> None:
-    keep = {_base_name(head["base"])} | {_delta_name(s) for s in head["deltas"]}
+def _cleanup(directory: Path, base: int, deltas: tuple[int, ...]) -> None:
+    keep = {_base_name(base)} | {_delta_name(s) for s in deltas}
     for pattern in ("base-*.pkl", "delta-*.pkl", "state-*.pkl"):  # state-*: the format-1 layout
         for old in directory.glob(pattern):
             if old.name not in keep:
@@ -290,7 +296,8 @@ def save(directory: Path, ckpt: Checkpoint) -> Path:
     st = ckpt.state
     small = {"label_heap": st.get("label_heap", []), "orphans": st.get("orphans", {}),
              "watermark_us": st.get("watermark_us", 0)}
-    job = WriteJob(ckpt.seq, head_bytes(ckpt, small), base=base_bytes(st.get("pending", {}), st.get("store")))
+    job = WriteJob(ckpt.seq, head_bytes(ckpt, small), base=base_bytes(st.get("pending", {}), st.get("store")),
+                   chain=(ckpt.base, ()))
     return write(directory, job)
 
 
