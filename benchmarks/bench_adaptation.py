@@ -31,7 +31,7 @@ def main() -> None:
                               drift_start_day=drift_day,
                               card_testing_customers_per_day=max(1, round(customers * 10 / 5000)))
     t0 = time.perf_counter()
-    df = simulate(config, progress=False)
+    df = simulate(config, progress=False).to_pandas()
     onset = pd.Timestamp(config.start_date) + pd.Timedelta(days=drift_day)
     RESULTS.mkdir(exist_ok=True)
     # The default (scaled logistic regression) with other SGD steps: how LEARNING_RATE was chosen.

@@ -189,7 +189,7 @@ def main() -> None:
     config = SimulationConfig(n_customers=N_CUSTOMERS, n_terminals=2 * N_CUSTOMERS, n_days=N_DAYS, seed=1)
     df = simulate(config, progress=False)
     path = tmp / "tx.parquet"
-    df.to_parquet(path)
+    df.write_parquet(path)
     df = pd.read_parquet(path)
     total = 2 * len(df)
     print(f"[streaming] {len(df):,} transactions -> {total:,} events", flush=True)

@@ -185,7 +185,7 @@ def test_worker_cli_refuses_a_tampered_checkpoint_with_a_clear_message(tmp_path:
     _chain(directory)
     (directory / "latest.pkl").write_bytes(pickle.dumps(Planted(marker)))
     events = tmp_path / "tx.parquet"
-    simulate(SimulationConfig(n_customers=20, n_terminals=40, n_days=3, seed=1), progress=False).to_parquet(
+    simulate(SimulationConfig(n_customers=20, n_terminals=40, n_days=3, seed=1), progress=False).write_parquet(
         events)
     r = CliRunner().invoke(main, ["worker", "--no-champion", "--path", str(events)])
     assert r.exit_code != 0 and not marker.exists()

@@ -31,7 +31,7 @@ def broker():
 def tiny() -> pd.DataFrame:
     from ml.data.simulate import SimulationConfig, simulate
 
-    return simulate(SimulationConfig(n_customers=40, n_terminals=80, n_days=10, seed=11), progress=False)
+    return simulate(SimulationConfig(n_customers=40, n_terminals=80, n_days=10, seed=11), progress=False).to_pandas()
 
 
 def _settings(tmp: Path, store: str = "memory"):

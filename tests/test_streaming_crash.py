@@ -35,7 +35,7 @@ def small_events(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("stream") / "tx.parquet"
     config = SimulationConfig(n_customers=150, n_terminals=300, n_days=25, seed=3)
-    simulate(config, progress=False).to_parquet(path)
+    simulate(config, progress=False).write_parquet(path)
     return path
 
 

@@ -14,7 +14,7 @@ import pytest
 def tiny() -> pd.DataFrame:
     from ml.data.simulate import SimulationConfig, simulate
 
-    return simulate(SimulationConfig(n_customers=60, n_terminals=120, n_days=12, seed=5), progress=False)
+    return simulate(SimulationConfig(n_customers=60, n_terminals=120, n_days=12, seed=5), progress=False).to_pandas()
 
 
 def _settings(tmp: Path):
@@ -143,7 +143,7 @@ def test_adwin_drift_event_once_new_pattern_labels_arrive(tmp_path: Path) -> Non
     from streaming.worker import Sink, Worker
 
     df = simulate(SimulationConfig(n_customers=100, n_terminals=200, n_days=24, seed=5, drift_start_day=12,
-                                   card_testing_customers_per_day=2), progress=False)
+                                   card_testing_customers_per_day=2), progress=False).to_pandas()
     first_new_label = df.loc[df["tx_fraud_scenario"] == 4, "label_time"].min()
     settings = _settings(tmp_path)
     w = Worker(ReplaySource(df), Sink(), make_store(settings), settings, restore=False)

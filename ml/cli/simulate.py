@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+import polars as pl
 
 from ml.data.simulate import SimulationConfig, write_transactions
 from ml.data.simulate import simulate as run_simulation
@@ -59,7 +60,7 @@ def simulate(n_customers: int, n_terminals: int, n_days: int, start_date: str, r
     path = write_transactions(df, out)
     frauds = int(df["tx_fraud"].sum())
     rate = frauds / len(df) if len(df) else 0.0
-    by_scenario = df.loc[df["tx_fraud"] == 1, "tx_fraud_scenario"].value_counts().sort_index()
-    scenarios = " ".join(f"s{k}={v}" for k, v in by_scenario.items())
+    by_scenario = df.filter(pl.col("tx_fraud") == 1)["tx_fraud_scenario"].value_counts().sort("tx_fraud_scenario")
+    scenarios = " ".join(f"s{k}={v}" for k, v in by_scenario.iter_rows())
     click.echo(f"{len(df):,} rows, {frauds:,} frauds ({rate:.3%}; {scenarios}) -> {path} "
                f"in {time.perf_counter() - t0:.1f}s [config {config.fingerprint()}]")

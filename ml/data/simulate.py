@@ -42,10 +42,10 @@ just ``"D"``), a delay of D days for every transaction, or ``"uniform:LO:HI"``, 
 drawn per transaction, rounded to the second.
 
 Output columns (the project contract): ``transaction_id`` (int64, unique, increasing with time),
-``tx_datetime`` (datetime64[us], naive UTC), ``customer_id`` (int64), ``terminal_id`` (int64),
+``tx_datetime`` (Datetime[us], naive UTC), ``customer_id`` (int64), ``terminal_id`` (int64),
 ``tx_amount`` (float64, >= 0, cents), ``tx_fraud`` (int8 0/1), ``tx_fraud_scenario`` (int8: 0 genuine,
-1-3 the book's scenarios, 4 card testing), ``label_time`` (datetime64[us]); sorted by ``tx_datetime`` then
-``transaction_id``. Microsecond resolution is what DuckDB's TIMESTAMP and pandas' parsers use.
+1-3 the book's scenarios, 4 card testing), ``label_time`` (Datetime[us]); sorted by ``tx_datetime`` then
+``transaction_id``, as a polars frame. Microsecond resolution is what DuckDB's TIMESTAMP uses.
 """
 
 from __future__ import annotations
@@ -58,12 +58,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
+import polars as pl
 from tqdm import tqdm
 
 # Part of the fingerprint: bump it when a change alters the generated rows, so cached files are invalidated.
@@ -73,11 +72,11 @@ COLUMNS: tuple[str, ...] = (
     "transaction_id", "tx_datetime", "customer_id", "terminal_id",
     "tx_amount", "tx_fraud", "tx_fraud_scenario", "label_time",
 )
-DTYPES: dict[str, str] = {
-    "transaction_id": "int64", "tx_datetime": "datetime64[us]", "customer_id": "int64",
-    "terminal_id": "int64", "tx_amount": "float64", "tx_fraud": "int8", "tx_fraud_scenario": "int8",
-    "label_time": "datetime64[us]",
-}
+DTYPES = pl.Schema({
+    "transaction_id": pl.Int64, "tx_datetime": pl.Datetime("us"), "customer_id": pl.Int64,
+    "terminal_id": pl.Int64, "tx_amount": pl.Float64, "tx_fraud": pl.Int8, "tx_fraud_scenario": pl.Int8,
+    "label_time": pl.Datetime("us"),
+})
 
 SCENARIO_GENUINE = 0
 SCENARIO_AMOUNT = 1
@@ -115,6 +114,13 @@ def parse_label_delay(spec: str) -> tuple[str, float, float]:
     return parts[0], lo, hi
 
 
+def _parse_iso(value: str, name: str) -> datetime:
+    try:
+        return datetime.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{name} must be an ISO date, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     n_customers: int = 5000
@@ -145,10 +151,10 @@ class SimulationConfig:
             raise ValueError("drift_night_fraction must be in [0, 1]")
 
     def start(self) -> np.datetime64:
-        ts = pd.Timestamp(self.start_date)
+        ts = _parse_iso(self.start_date, "start_date")
         if ts.tzinfo is not None:
             raise ValueError("start_date must be naive (UTC)")
-        return np.datetime64(ts.to_datetime64(), "s")
+        return np.datetime64(ts, "s")
 
     def drift_day(self) -> int | None:
         """``drift_start_day`` as a day index (an ISO date is resolved against ``start_date``)."""
@@ -156,7 +162,7 @@ class SimulationConfig:
         if d is None:
             return None
         if isinstance(d, str) and not d.strip().lstrip("-").isdigit():
-            day = int((pd.Timestamp(d) - pd.Timestamp(self.start_date)) // pd.Timedelta(days=1))
+            day = (_parse_iso(d, "drift_start_day") - _parse_iso(self.start_date, "start_date")) // timedelta(days=1)
         else:
             day = int(d)
         if not 0 <= day < self.n_days:
@@ -263,7 +269,7 @@ def _step(bar: tqdm, name: str) -> None:
     bar.update(1)
 
 
-def simulate(config: SimulationConfig = SimulationConfig(), progress: bool = True) -> pd.DataFrame:
+def simulate(config: SimulationConfig = SimulationConfig(), progress: bool = True) -> pl.DataFrame:
     """Generate the transactions of ``config`` (deterministic for a config). See the module docstring."""
     cfg = config
     rngs = _rngs(cfg.seed)
@@ -378,28 +384,32 @@ def simulate(config: SimulationConfig = SimulationConfig(), progress: bool = Tru
             delay = np.round(rngs["labels"].uniform(lo_d, hi_d, len(secs)) * DAY_S).astype(np.int64)
         start = cfg.start()
         tx_dt = (start + secs.astype("timedelta64[s]")).astype("datetime64[us]")
-        df = pd.DataFrame({
+        df = pl.DataFrame({
             "transaction_id": np.arange(len(secs), dtype=np.int64),
             "tx_datetime": tx_dt,
-            "customer_id": cust[order].astype(np.int64),
-            "terminal_id": term[order].astype(np.int64),
-            "tx_amount": amount[order].astype(np.float64),
+            "customer_id": cust[order],
+            "terminal_id": term[order],
+            "tx_amount": amount[order],
             "tx_fraud": (scenario[order] > 0).astype(np.int8),
             "tx_fraud_scenario": scenario[order],
             "label_time": tx_dt + delay.astype("timedelta64[s]"),
-        })
+        }, schema=DTYPES)
         _step(bar, "assemble")
     return df
 
 
-def _coerce(df: pd.DataFrame) -> pd.DataFrame:
+def _coerce(df: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"transactions lack columns {missing}")
-    return df[list(COLUMNS)].astype(DTYPES)
+    return df.select(pl.col(c).cast(t) for c, t in DTYPES.items())
 
 
-def write_transactions(df: pd.DataFrame, path: str | Path) -> Path:
+# pyarrow's CSV writer quoted the header; kept so the files stay byte for byte what they were.
+_CSV_HEADER = ",".join(f'"{c}"' for c in COLUMNS) + "\n"
+
+
+def write_transactions(df: pl.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as CSV (``.csv``, ``.csv.gz``) or Parquet (``.parquet``), atomically; returns the path.
 
     CSV timestamps are written to the second (``2018-04-01 00:01:39``), the simulator's resolution.
@@ -411,34 +421,31 @@ def write_transactions(df: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write beside and rename, so a concurrent reader of a cache file never sees half of it.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df = _coerce(df)
     try:
         if name.endswith(".parquet"):
-            _coerce(df).to_parquet(tmp, index=False)
+            df.write_parquet(tmp)
         else:
-            # pyarrow's writer is ~10x faster than DataFrame.to_csv; second-resolution stamps print bare.
-            table = pa.Table.from_pandas(_coerce(df), preserve_index=False)
-            for col in ("tx_datetime", "label_time"):
-                table = table.set_column(table.schema.get_field_index(col), col,
-                                         table[col].cast(pa.timestamp("s"), safe=False))
-            if name.endswith(".gz"):
-                # Level 1: ~8x faster than pyarrow's gzip default for a slightly larger file.
-                with gzip.open(tmp, "wb", compresslevel=1) as gz:
-                    pa_csv.write_csv(table, gz)
-            else:
-                pa_csv.write_csv(table, str(tmp))
+            # Level 1: ~8x faster than gzip's default (9) for a slightly larger file.
+            with (gzip.open(tmp, "wb", compresslevel=1) if name.endswith(".gz") else open(tmp, "wb")) as out:
+                out.write(_CSV_HEADER.encode())
+                # pyarrow printed whole amounts bare ("89", polars says "89.0"): the same bytes as before.
+                df.with_columns(pl.col("tx_amount").cast(pl.String).str.strip_suffix(".0")).write_csv(
+                    out, include_header=False, datetime_format="%Y-%m-%d %H:%M:%S")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def read_transactions(path: str | Path) -> pd.DataFrame:
+def read_transactions(path: str | Path) -> pl.DataFrame:
     """Read a file written by ``write_transactions`` (or any CSV/Parquet with the contract's columns)."""
     path = Path(path)
     if path.name.lower().endswith(".parquet"):
-        df = pd.read_parquet(path)
+        df = pl.read_parquet(path)
     else:
-        types = {c: pa.timestamp("us") if t.startswith("datetime") else pa.from_numpy_dtype(np.dtype(t))
-                 for c, t in DTYPES.items()}
-        df = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=types)).to_pandas()
+        # Stamps come in as text, parsed with one format inferred per column: ~4x faster than the reader's own.
+        stamps = [c for c, t in DTYPES.items() if t == pl.Datetime]
+        df = pl.read_csv(path, schema_overrides={c: pl.String if c in stamps else t for c, t in DTYPES.items()})
+        df = df.with_columns(pl.col(c).str.to_datetime(time_unit="us") for c in stamps if c in df.columns)
     return _coerce(df)
