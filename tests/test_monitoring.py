@@ -8,28 +8,33 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 DAY = "2018-05-24"
 
 
-def _drifted(df: pd.DataFrame) -> pd.DataFrame:
+def _drifted(df: pl.DataFrame) -> pl.DataFrame:
     """A drifted day: genuine amounts x1.5, more night activity, card-testing bursts, a fraud wave."""
-    out = df.copy()
-    for c in ("tx_amount", "customer_avg_amount_1d", "customer_avg_amount_7d", "customer_avg_amount_30d",
-              "customer_max_amount_30d"):  # the ratios of amounts are unchanged by a uniform shift
-        out[c] = out[c] * 1.5
+    amounts = ("tx_amount", "customer_avg_amount_1d", "customer_avg_amount_7d", "customer_avg_amount_30d",
+               "customer_max_amount_30d")  # the ratios of amounts are unchanged by a uniform shift
     rng = np.random.default_rng(0)
-    out.loc[rng.random(len(out)) < 0.2, "tx_during_night"] = 1.0
-    burst = rng.random(len(out)) < 0.1
-    out.loc[burst, "customer_nb_tx_1h"] += rng.integers(3, 12, int(burst.sum()))
-    out.loc[burst, "customer_nb_tx_1d"] += 8
-    out.loc[burst, "terminal_nb_tx_1h"] += 5
+    night = pl.Series(rng.random(len(df)) < 0.2)
+    burst = rng.random(len(df)) < 0.1
+    extra = np.zeros(len(df), dtype=np.int64)
+    extra[burst] = rng.integers(3, 12, int(burst.sum()))
     # A fraud wave at compromised terminals: what the champion has learnt to score high, so scores move.
-    wave = rng.random(len(out)) < 0.1
-    for c in ("terminal_risk_1d", "terminal_risk_7d", "terminal_risk_30d"):
-        out.loc[wave, c] = np.maximum(out.loc[wave, c], 0.5)
-    return out
+    wave = pl.Series(rng.random(len(df)) < 0.1)
+    burst_s = pl.Series(burst)
+    return df.with_columns(
+        *(pl.col(c) * 1.5 for c in amounts),
+        pl.when(night).then(1.0).otherwise(pl.col("tx_during_night")).alias("tx_during_night"),
+        pl.col("customer_nb_tx_1h") + pl.Series(extra),
+        pl.col("customer_nb_tx_1d") + pl.when(burst_s).then(8).otherwise(0),
+        pl.col("terminal_nb_tx_1h") + pl.when(burst_s).then(5).otherwise(0),
+        *(pl.when(wave).then(pl.col(c).clip(lower_bound=0.5)).otherwise(pl.col(c)).alias(c)
+          for c in ("terminal_risk_1d", "terminal_risk_7d", "terminal_risk_30d")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +135,7 @@ def test_repeated_drift_events_count_once(tmp_path: Path) -> None:
 
 def test_checks_fire_on_drifted_day_and_stay_quiet_on_stable(warehouse: Path, champ, tmp_path: Path) -> None:
     from ml.monitoring import drift
-    from ml.monitoring.daily import Reference, day_bounds
+    from ml.monitoring.daily import Reference, champion_scores, day_bounds
     from ml.monitoring.decisions import feature_drift_signal, score_drift_signal
     from ml.monitoring.thresholds import DriftThresholds
 
@@ -149,8 +154,8 @@ def test_checks_fire_on_drifted_day_and_stay_quiet_on_stable(warehouse: Path, ch
     assert not s_sig.fired, s_sig.detail
     assert d_sig.fired and {"tx_amount", "customer_nb_tx_1h"} <= set(d_sig.detail["drifted"])
     assert 0 <= stable.share < t.drifted_share <= drifted.share  # Evidently's own count agrees
-    s_score = drift.score_drift_report(ref.scores, champ.predict(day), t, DAY)
-    d_score = drift.score_drift_report(ref.scores, champ.predict(drifted_df), t, DAY)
+    s_score = drift.score_drift_report(ref.scores, champion_scores(champ, day), t, DAY)
+    d_score = drift.score_drift_report(ref.scores, champion_scores(champ, drifted_df), t, DAY)
     assert not score_drift_signal(s_score.score, len(day), t).fired
     assert score_drift_signal(d_score.score, len(day), t).fired
     assert d_score.score > s_score.score

@@ -1,19 +1,20 @@
 """One day of monitoring against the champion: the reports, the signals and the retraining decision.
 
 Shared by the Dagster assets (``orchestration/assets/monitoring.py``) and the drift demo, so the UI and the
-measured loop run the same code. Reads the warehouse through a DuckDB connection (read-only is enough).
+measured loop run the same code. Reads the warehouse through a DuckDB connection (read-only is enough) into
+polars frames.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from ml.champion import Champion, load_champion
 from ml.monitoring import drift
@@ -34,8 +35,13 @@ def current_champion() -> Champion:
 
 
 def day_bounds(day: str | datetime) -> tuple[datetime, datetime]:
-    start = pd.Timestamp(day).normalize().to_pydatetime()
+    start = drift.to_datetime(day).replace(hour=0, minute=0, second=0, microsecond=0)
     return start, start + timedelta(days=1)
+
+
+def champion_scores(champ: Champion, frame: pl.DataFrame) -> np.ndarray:
+    """The champion's fraud probabilities for the rows of a feature frame (its columns picked by name)."""
+    return champ.predict(frame.select(list(champ.feature_names)).to_numpy().astype(np.float32, copy=False))
 
 
 class Reference:
@@ -51,7 +57,7 @@ class Reference:
                 f"champion {champ.tag}'s training window {champ.train_start}..{champ.train_end} has "
                 f"{len(self.frame)} rows in the warehouse (< {t.min_rows}): is it loaded?"
             )
-        self.scores = champ.predict(self.frame)
+        self.scores = champion_scores(champ, self.frame)
         self.tag = champ.tag
 
 
@@ -82,7 +88,7 @@ def drift_day(
     cur = drift.load_features(con, start, end, cols)
     paths: dict[str, str] = {}
     feature = score = None
-    scores = champ.predict(cur) if len(cur) else np.zeros(0)
+    scores = champion_scores(champ, cur) if len(cur) else np.zeros(0)
     if len(cur) >= t.min_rows:
         feature = drift.feature_drift_report(ref.frame, cur, t, start)
         score = drift.score_drift_report(ref.scores, scores, t, start)
@@ -111,14 +117,13 @@ def quality_day(
     """Classification quality of ``day`` with the labels known at ``known_at`` (default: all loaded)."""
     start, end = day_bounds(day)
     cur = drift.load_features(con, start, end, champ.feature_names)
+    labelled = pl.col("tx_fraud").is_not_null()
     if known_at is not None:
-        known = cur["label_time"].notna() & (cur["label_time"] <= pd.Timestamp(known_at))
-        cur = cur[known & cur["tx_fraud"].notna()]
-    else:
-        cur = cur[cur["tx_fraud"].notna()]
+        labelled &= pl.col("label_time").is_not_null() & (pl.col("label_time") <= known_at)
+    cur = cur.filter(labelled)
     if len(cur) == 0:
         return None, quality_signal(None, champ.average_precision, 0, t), ""
-    q = drift.quality_report(cur["tx_fraud"].to_numpy(), champ.predict(cur), champ.threshold, start)
+    q = drift.quality_report(cur["tx_fraud"].to_numpy(), champion_scores(champ, cur), champ.threshold, start)
     path = ""
     if settings is not None and save:
         path = str(drift.save_report(q.snapshot, settings, "classification_quality", start))
@@ -138,14 +143,12 @@ def read_stream_events(settings: Settings, day: str) -> list[dict] | None:
             continue
         try:
             event = json.loads(line)
-            at = (
-                pd.Timestamp(event["time"]).tz_localize(None)
-                if pd.Timestamp(event["time"]).tzinfo is None
-                else pd.Timestamp(event["time"]).tz_convert("UTC").tz_localize(None)
-            )
+            at = drift.to_datetime(event["time"])
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line while the worker writes: skip it, the next read gets it whole
-        if start <= at.to_pydatetime() < end:
+        if at.tzinfo is not None:
+            at = at.astimezone(UTC).replace(tzinfo=None)
+        if start <= at < end:
             out.append(event)
     return out
 

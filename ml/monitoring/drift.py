@@ -4,6 +4,9 @@ Each ``*_report`` returns the Evidently ``Snapshot`` plus the numbers the checks
 writes the HTML (and JSON) under ``reports_dir/drift/<day>/`` and ``log_run`` adds the snapshot to the local
 Evidently workspace (``data_dir/evidently``) so ``evidently ui --workspace data/evidently`` shows every day
 over time. Reference data = a sample of the champion's training window; current = the day.
+
+Frames are polars (read from DuckDB as Arrow); ``to_evidently`` is the one place they become pandas, because
+Evidently's ``Dataset`` takes pandas only.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.container import MetricContainer
 from evidently.core.metric_types import CountValue, Metric, MetricResult, SingleValue
@@ -39,6 +42,9 @@ from sklearn.metrics import average_precision_score
 from ml.features.spec import FEATURES_TABLE
 from ml.monitoring.thresholds import DriftThresholds
 from ml.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCORE = "score"
 TARGET = "tx_fraud"
@@ -76,8 +82,18 @@ class Quality:
     frauds: int
 
 
-def _ts(day: str | date | datetime) -> datetime:
-    return pd.Timestamp(day).to_pydatetime()
+def to_datetime(value: str | date | datetime) -> datetime:
+    """A day or instant as a ``datetime`` (ISO 8601 text, a ``date`` at midnight, a ``datetime`` as is)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime.combine(value, time())
+    return datetime.fromisoformat(value)
+
+
+def to_evidently(frame: pl.DataFrame) -> pd.DataFrame:
+    """The pandas frame Evidently's ``Dataset.from_pandas`` needs: the only polars -> pandas conversion."""
+    return frame.to_pandas()
 
 
 def load_features(
@@ -87,7 +103,7 @@ def load_features(
     columns: tuple[str, ...],
     sample: int | None = None,
     seed: int = 0,
-) -> pd.DataFrame:
+) -> pl.DataFrame:
     """Feature rows with ``tx_datetime`` in [start, end) (plus ids, label, label_time), optionally sampled.
 
     Sampling is deterministic (hash of the transaction id), so the same window gives the same reference.
@@ -96,22 +112,24 @@ def load_features(
     cols = ", ".join('"' + c.replace('"', '""') + '"'
                      for c in ("transaction_id", "tx_datetime", TARGET, "label_time", *columns))
     where = "tx_datetime >= ? AND tx_datetime < ?"
-    params: list[Any] = [pd.Timestamp(start).to_pydatetime(), pd.Timestamp(end).to_pydatetime()]
+    params: list[Any] = [to_datetime(start), to_datetime(end)]
     order = "ORDER BY tx_datetime, transaction_id"
-    if sample:
-        n = con.execute(f"SELECT count(*) FROM {FEATURES_TABLE} WHERE {where}", params).fetchone()[0]
-        if n > sample:
-            order = "ORDER BY hash(transaction_id || ?) LIMIT ?"
-            params += [str(seed), int(sample)]
-    return con.execute(f"SELECT {cols} FROM {FEATURES_TABLE} WHERE {where} {order}", params).df()
+    # A cursor of its own: a result the caller left unfinished on ``con`` must not block these reads.
+    with con.cursor() as cur:
+        if sample:
+            n = cur.sql(f"SELECT count(*) FROM {FEATURES_TABLE} WHERE {where}", params=params).fetchall()[0][0]
+            if n > sample:
+                order = "ORDER BY hash(transaction_id || ?) LIMIT ?"
+                params += [str(seed), int(sample)]
+        return cur.sql(f"SELECT {cols} FROM {FEATURES_TABLE} WHERE {where} {order}", params=params).pl()
 
 
-def _numeric(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    return df[columns].astype("float64")
+def _numeric(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    return frame.select(pl.col(columns).cast(pl.Float64))
 
 
 def feature_drift_report(
-    reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, day: str | date | datetime
+    reference: pl.DataFrame, current: pl.DataFrame, t: DriftThresholds, day: str | date | datetime
 ) -> FeatureDrift:
     """Evidently's data drift preset on the monitored features: each one's drift score and the drifted share."""
     cols = list(t.features)
@@ -122,11 +140,11 @@ def feature_drift_report(
     preset = DataDriftPreset(columns=cols, num_method=t.feature_method, num_threshold=t.feature_threshold,
                              drift_share=t.drifted_share)
     snap = Report([preset]).run(
-        Dataset.from_pandas(_numeric(current, cols), data_definition=definition),
-        Dataset.from_pandas(_numeric(reference, cols), data_definition=definition),
-        timestamp=_ts(day),
+        Dataset.from_pandas(to_evidently(_numeric(current, cols)), data_definition=definition),
+        Dataset.from_pandas(to_evidently(_numeric(reference, cols)), data_definition=definition),
+        timestamp=to_datetime(day),
         tags=["feature_drift"],
-        name=f"feature drift {pd.Timestamp(day):%Y-%m-%d}",
+        name=f"feature drift {to_datetime(day):%Y-%m-%d}",
     )
     scores: dict[str, float] = {}
     share = float("nan")
@@ -143,15 +161,15 @@ def score_drift_report(
 ) -> ScoreDrift:
     """Drift of the champion's score distribution: the day vs. the reference window."""
     definition = DataDefinition(numerical_columns=[SCORE])
-    ref = pd.DataFrame({SCORE: np.asarray(reference_scores, dtype="float64")})
-    cur = pd.DataFrame({SCORE: np.asarray(current_scores, dtype="float64")})
+    ref = pl.DataFrame({SCORE: np.asarray(reference_scores, dtype="float64")})
+    cur = pl.DataFrame({SCORE: np.asarray(current_scores, dtype="float64")})
     metric = ValueDrift(column=SCORE, method=t.score_method, threshold=t.score_threshold)
     snap = Report([metric]).run(
-        Dataset.from_pandas(cur, data_definition=definition),
-        Dataset.from_pandas(ref, data_definition=definition),
-        timestamp=_ts(day),
+        Dataset.from_pandas(to_evidently(cur), data_definition=definition),
+        Dataset.from_pandas(to_evidently(ref), data_definition=definition),
+        timestamp=to_datetime(day),
         tags=["prediction_drift"],
-        name=f"prediction drift {pd.Timestamp(day):%Y-%m-%d}",
+        name=f"prediction drift {to_datetime(day):%Y-%m-%d}",
     )
     value = float(snap.context.get_metric_result(metric).value)
     return ScoreDrift(snap, value, len(cur), float(ref[SCORE].mean()), float(cur[SCORE].mean()))
@@ -174,7 +192,7 @@ def quality_report(
         )
     frauds = int(y.sum())
     ap = float(average_precision_score(y, p)) if 0 < frauds < len(y) else float("nan")
-    df = pd.DataFrame({TARGET: y, SCORE: p})
+    frame = pl.DataFrame({TARGET: y, SCORE: p})
     definition = DataDefinition(
         numerical_columns=[SCORE],
         categorical_columns=[TARGET],
@@ -182,12 +200,12 @@ def quality_report(
     )
     preset = ClassificationPreset(probas_threshold=threshold)
     snap = Report([preset]).run(
-        Dataset.from_pandas(df, data_definition=definition),
+        Dataset.from_pandas(to_evidently(frame), data_definition=definition),
         None,
-        timestamp=_ts(day),
+        timestamp=to_datetime(day),
         tags=["classification_quality"],
         metadata={"average_precision": ap},
-        name=f"classification quality {pd.Timestamp(day):%Y-%m-%d}",
+        name=f"classification quality {to_datetime(day):%Y-%m-%d}",
     )
     metrics = {
         type(metric).__name__.lower(): float(result.value)
@@ -204,7 +222,7 @@ def _results(snap: Snapshot, preset: MetricContainer) -> Iterator[tuple[Metric, 
 
 
 def report_dir(settings: Settings, day: str | date | datetime) -> Path:
-    return settings.reports_dir / "drift" / f"{pd.Timestamp(day):%Y-%m-%d}"
+    return settings.reports_dir / "drift" / f"{to_datetime(day):%Y-%m-%d}"
 
 
 def save_report(snapshot: Snapshot, settings: Settings, kind: str, day: str | date | datetime) -> Path:

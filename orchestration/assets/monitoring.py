@@ -121,7 +121,7 @@ def feature_drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBResour
     description="Evidently drift of the champion's scores on the day vs. on its training window.",
 )
 def prediction_drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource):
-    from ml.monitoring.daily import day_bounds
+    from ml.monitoring.daily import champion_scores, day_bounds
     from ml.monitoring.decisions import score_drift_signal
     from ml.monitoring.drift import load_features, log_run, save_report, score_drift_report
     from ml.monitoring.thresholds import DriftThresholds
@@ -130,7 +130,7 @@ def prediction_drift_report(context: dg.AssetExecutionContext, duckdb: DuckDBRes
     with features_connection(duckdb.database) as con:
         champ, ref = _champion_and_reference(con, t)
         cur = load_features(con, *day_bounds(day), champ.feature_names)
-    scores = champ.predict(cur) if len(cur) else None
+    scores = champion_scores(champ, cur) if len(cur) else None
     sd = score_drift_report(ref.scores, scores, t, day) if len(cur) >= t.min_rows else None
     sig = score_drift_signal(sd.score if sd else None, len(cur), t)
     meta = {
