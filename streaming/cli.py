@@ -153,7 +153,7 @@ def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels, skip, 
     stop = len(timeline) if limit is None else min(len(timeline), skip + limit)
     t0 = time.perf_counter()
     n = 0
-    for topic, value, _ in (e for i in range(skip, stop, 5000) for e in timeline.events(i, min(i + 5000, stop))):
+    for topic, value, _ in timeline.iter_events(skip, stop):
         if no_labels and topic == "labels":
             continue
         if rate:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -266,6 +267,13 @@ class Timeline:
     def event(self, i: int) -> tuple[str, dict, bool]:
         """(topic, value, trusted) of event i."""
         return self.events(i, i + 1)[0]
+
+    def iter_events(self, start: int = 0, stop: int | None = None,
+                    batch: int = 5000) -> Iterator[tuple[str, dict, bool]]:
+        """(topic, value, trusted) of events ``start`` to ``stop``, built ``batch`` at a time."""
+        stop = len(self) if stop is None else stop
+        for i in range(start, stop, batch):
+            yield from self.events(i, min(i + batch, stop))
 
     def events(self, start: int, stop: int) -> list[tuple[str, dict, bool]]:
         """(topic, value, trusted) of events ``start`` to ``stop`` (columns gathered once per batch)."""
