@@ -153,8 +153,7 @@ def publish(path, from_warehouse, start, end, bootstrap, rate, no_labels, skip, 
     stop = len(timeline) if limit is None else min(len(timeline), skip + limit)
     t0 = time.perf_counter()
     n = 0
-    for i in range(skip, stop):
-        topic, value, _ = timeline.event(i)
+    for topic, value, _ in timeline.iter_events(skip, stop):
         if no_labels and topic == "labels":
             continue
         if rate:

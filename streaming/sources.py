@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from ml.contract import MAX_ID_LEN, limits, to_utc_naive
 from ml.events import TOPIC_LABELS, TOPIC_TRANSACTIONS
 from ml.features.spec import FEATURES_TABLE
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPLAY_PARTITION = "replay:0"
 
@@ -67,6 +72,12 @@ class EventSource(ABC):
 
 # ---------------------------------------------------------------------------------------------- replay
 
+def as_polars(df: pl.DataFrame | pd.DataFrame) -> pl.DataFrame:
+    """``df`` as a polars frame: a pandas frame (from a caller not yet on polars) is converted once, its index
+    dropped."""
+    return df if isinstance(df, pl.DataFrame) else pl.from_pandas(df)
+
+
 def _bound(value: str | None, option: str) -> datetime | None:
     """An ISO date/time option as naive UTC (an offset is converted); a clear error when it is not one."""
     if not value:
@@ -77,12 +88,38 @@ def _bound(value: str | None, option: str) -> datetime | None:
         raise ValueError(f"{option} must be an ISO date or date-time (e.g. 2018-09-01)") from None
 
 
+def _time_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Column ``name`` as naive UTC datetime[us]; null where it is no date-time (a number is none either: the
+    contract calls it ambiguous). Text is parsed (an offset converted), the file's own text stays in the row."""
+    col = pl.col(name)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is not None:
+            col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return col.dt.cast_time_unit("us")
+    if dtype == pl.Date:
+        return col.cast(pl.Datetime("us"))
+    if dtype == pl.String:
+        return col.str.to_datetime(time_unit="us", time_zone="UTC", strict=False).dt.replace_time_zone(None)
+    return pl.lit(None, dtype=pl.Datetime("us"))
+
+
+def _number_expr(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Column ``name`` as float64; null where it is no number."""
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return pl.col(name).cast(pl.Float64)
+    if dtype == pl.String:
+        return pl.col(name).cast(pl.Float64, strict=False)
+    return pl.lit(None, dtype=pl.Float64)
+
+
 def load_transactions(path: Path | None = None, warehouse: Path | None = None,
-                      start: str | None = None, end: str | None = None) -> pd.DataFrame:
+                      start: str | None = None, end: str | None = None) -> pl.DataFrame:
     """Transactions (with tx_fraud, label_time when known) from a file or the warehouse.
 
-    The warehouse is read through the features snapshot (``ml.data.warehouse``): the transactions of the last
-    feature build, without holding the warehouse (a dbt build may run meanwhile)."""
+    A file is scanned lazily (the time range filtered in the scan); a CSV keeps its text as written, as a
+    Kafka producer would send it. The warehouse is read through the features snapshot
+    (``ml.data.warehouse``): the transactions of the last feature build, without holding the warehouse (a dbt
+    build may run meanwhile)."""
     lo, hi = _bound(start, "--start"), _bound(end, "--end")
     if warehouse is not None:
         from ml.data.warehouse import features_connection, time_range
@@ -91,39 +128,57 @@ def load_transactions(path: Path | None = None, warehouse: Path | None = None,
         sql = ("select transaction_id, tx_datetime, customer_id, terminal_id, tx_amount, tx_fraud, "
                f"label_time from {FEATURES_TABLE}" + where)
         with features_connection(warehouse) as con:
-            df = con.execute(sql, params).df()
-    else:
-        if path is None:
-            raise ValueError("replay needs a file path or a warehouse")
-        path = Path(path)
-        df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
-        if lo is not None:
-            df = df[pd.to_datetime(df["tx_datetime"]) >= pd.Timestamp(lo)]
-        if hi is not None:
-            df = df[pd.to_datetime(df["tx_datetime"]) < pd.Timestamp(hi)]
-    return df.reset_index(drop=True)
+            return con.sql(sql, params=params).pl()  # through Arrow
+    if path is None:
+        raise ValueError("replay needs a file path or a warehouse")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        # pandas stores a non-default index as a column of its own: not part of the table
+        return _in_range(pl.scan_parquet(path).drop(pl.col(r"^__index_level_\d+__$")), lo, hi).collect()
+    try:
+        return _in_range(pl.scan_csv(path), lo, hi).collect()
+    except pl.exceptions.ComputeError:
+        # A value further down than the sampled rows that their types do not fit: types from the whole file.
+        return _in_range(pl.scan_csv(path, infer_schema_length=None), lo, hi).collect()
 
 
-def _id_strings(col: pd.Series) -> np.ndarray:
+def _in_range(lf: pl.LazyFrame, lo: datetime | None, hi: datetime | None) -> pl.LazyFrame:
+    """The rows with ``lo <= tx_datetime < hi`` (a bound that is None does not cut)."""
+    if lo is None and hi is None:
+        return lf
+    t = _time_expr("tx_datetime", lf.collect_schema()["tx_datetime"])
+    if lo is not None:
+        lf = lf.filter(t >= lo)
+    if hi is not None:
+        lf = lf.filter(t < hi)
+    return lf
+
+
+def _id_strings(col: pl.Series) -> pl.Series:
     """Ids as strings, as the JSON path writes them ("" where missing: those rows are dead-lettered).
 
-    An integer column with a missing value arrives as float; its ids are still written as integers.
+    Whole floats (an integer column with a gap, as pandas holds it) are still written as integers.
     """
-    if pd.api.types.is_float_dtype(col):
-        whole = col.dropna()
-        if (whole == np.floor(whole)).all():
-            col = col.astype("Int64")
-    out = col.astype(object).where(col.notna(), "")
-    return np.array([v if isinstance(v, str) else str(v) for v in out], dtype=object)
+    if col.dtype.is_float():
+        col = col.fill_nan(None)
+        present = col.drop_nulls()
+        if present.is_finite().all() and (present == present.floor()).all():
+            col = col.cast(pl.Int64)
+    if col.dtype.is_integer():
+        col = col.cast(pl.String)
+    elif col.dtype != pl.String:
+        col = pl.Series(col.name, [None if v is None else str(v) for v in col.to_list()], dtype=pl.String)
+    return col.fill_null("")
 
 
-def _ids_valid(ids: np.ndarray) -> np.ndarray:
+def _ids_valid(ids: pl.Series) -> np.ndarray:
     """Ids (``_id_strings``) that surely pass the contract's ``check_identifier``: 1..64 ASCII characters,
     no control characters, not all whitespace. A non-ASCII id is left to ``check_identifier`` itself."""
-    s = pd.Series(ids, dtype=object)
-    ok = (s.str.len() <= MAX_ID_LEN) & (s.str.strip() != "")
-    ok &= s.map(str.isascii).astype(bool) & ~s.str.contains(r"[\x00-\x1f\x7f]", regex=True)
-    return ok.fillna(False).to_numpy(bool)
+    ok = ((ids.str.len_chars() <= MAX_ID_LEN) & (ids.str.strip_chars() != "")
+          & ~ids.str.contains(r"[^\x00-\x7f]") & ~ids.str.contains(r"[\x00-\x1f\x7f]"))
+    return ok.fill_null(False).to_numpy()
 
 
 def _in_time_range(t: np.ndarray) -> np.ndarray:
@@ -134,10 +189,16 @@ def _in_time_range(t: np.ndarray) -> np.ndarray:
 
 
 def _plain(v: object) -> object:
-    """A cell as the JSON path would carry it (missing -> None, numpy scalars -> Python)."""
-    if v is None or (not isinstance(v, str | bytes) and pd.isna(v)):
-        return None
-    return v.item() if isinstance(v, np.generic) else v
+    """A cell as the JSON path would carry it (NaN is missing, as in a pandas frame)."""
+    return None if isinstance(v, float) and v != v else v
+
+
+def _datetimes(s: pl.Series) -> np.ndarray:
+    return s.to_frame().select(_time_expr(s.name, s.dtype)).to_series().to_numpy().astype("datetime64[us]")
+
+
+def _floats(s: pl.Series) -> np.ndarray:
+    return s.to_frame().select(_number_expr(s.name, s.dtype)).to_series().to_numpy().astype("float64")
 
 
 class Timeline:
@@ -149,18 +210,19 @@ class Timeline:
     message (``ml.events``), which accept it or dead-letter it with the reason.
     """
 
-    def __init__(self, df: pd.DataFrame):
-        n = len(df)
-        tx_time = pd.to_datetime(df["tx_datetime"], errors="coerce").to_numpy("datetime64[us]")
-        amount = pd.to_numeric(df["tx_amount"], errors="coerce").to_numpy("float64")
-        self.ids = _id_strings(df["transaction_id"])
-        self.customers = _id_strings(df["customer_id"])
-        self.terminals = _id_strings(df["terminal_id"])
-        id_ok = _ids_valid(self.ids)
+    def __init__(self, df: pl.DataFrame | pd.DataFrame):
+        df = as_polars(df)
+        n = df.height
+        tx_time = _datetimes(df["tx_datetime"])
+        amount = _floats(df["tx_amount"])
+        ids = _id_strings(df["transaction_id"])
+        customers, terminals = _id_strings(df["customer_id"]), _id_strings(df["terminal_id"])
+        id_ok = _ids_valid(ids)
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(amount) & (amount >= 0) & (amount <= limits().max_amount)
         ok &= _in_time_range(tx_time)
-        ok &= id_ok & _ids_valid(self.customers) & _ids_valid(self.terminals)
+        ok &= id_ok & _ids_valid(customers) & _ids_valid(terminals)
+        self.ids, self.customers, self.terminals = ids.to_numpy(), customers.to_numpy(), terminals.to_numpy()
         self.amount = amount
         self.tx_time = tx_time
         self.ok = ok
@@ -170,12 +232,15 @@ class Timeline:
         label_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
         fraud = np.zeros(n, dtype=np.int8)
         if "tx_fraud" in df.columns and "label_time" in df.columns:
-            label_time = pd.to_datetime(df["label_time"], errors="coerce").to_numpy("datetime64[us]")
-            f = pd.to_numeric(df["tx_fraud"], errors="coerce").to_numpy("float64")
+            label_time = _datetimes(df["label_time"])
+            f = _floats(df["tx_fraud"])
             # A row has a label when it has a tx_fraud; a label outside the contract (not exactly 0/1, no or
             # a bad label_time, a bad id) travels untrusted so the worker dead-letters it with the reason.
             # A bad transaction's good label still travels: the worker dead-letters it ("never saw").
-            has_label = df["tx_fraud"].notna().to_numpy(bool)
+            col = df["tx_fraud"]
+            has_label = col.is_not_null().to_numpy()
+            if col.dtype.is_float():
+                has_label &= ~col.is_nan().fill_null(False).to_numpy()
             label_ok = has_label & ((f == 0) | (f == 1)) & _in_time_range(label_time) & id_ok
             fraud = np.where(label_ok, f, 0).astype(np.int8)
         self.label_time, self.fraud, self.label_ok = label_time, fraud, label_ok
@@ -189,7 +254,9 @@ class Timeline:
         times = np.concatenate([t_tx, np.where(own, t_tx[lab_idx], t_lab)])
         ranks = np.concatenate([np.ones(n, np.int8), np.where(own, 2, 0).astype(np.int8)])
         rows = np.concatenate([tx_idx, lab_idx])
-        order = np.lexsort((self.ids[rows], ranks, times))
+        keys = pl.DataFrame({"time": times, "rank": ranks, "id": ids.gather(rows)})
+        # a stable sort: equal keys keep the table's order
+        order = keys.select(pl.arg_sort_by("time", "rank", "id", maintain_order=True)).to_series().to_numpy()
         self.kind = (ranks[order] == 0) | (ranks[order] == 2)  # True = label
         self.row = rows[order]
         self.time_us = times[order]
@@ -199,33 +266,54 @@ class Timeline:
 
     def event(self, i: int) -> tuple[str, dict, bool]:
         """(topic, value, trusted) of event i."""
-        r = int(self.row[i])
-        if self.kind[i]:
-            if not self.label_ok[r]:
-                raw = self.raw.iloc[r]
-                return TOPIC_LABELS, {"transaction_id": self.ids[r] or _plain(raw["transaction_id"]),
-                                      "tx_fraud": _plain(raw["tx_fraud"]),
-                                      "label_time": _plain(raw["label_time"])}, False
-            return TOPIC_LABELS, {"transaction_id": self.ids[r], "tx_fraud": int(self.fraud[r]),
-                                  "label_time": self.label_time[r].item()}, True
-        if not self.ok[r]:
-            raw = {k: _plain(v) for k, v in self.raw.iloc[r].to_dict().items()}
-            # Ids as the good rows carry them (an integer column with a gap reads as float), so the reason
-            # names what is actually wrong.
-            for col, ids in (("transaction_id", self.ids), ("customer_id", self.customers),
-                             ("terminal_id", self.terminals)):
-                if ids[r] != "":
-                    raw[col] = ids[r]
-            return TOPIC_TRANSACTIONS, raw, False
-        return TOPIC_TRANSACTIONS, {"transaction_id": self.ids[r], "tx_datetime": self.tx_time[r].item(),
-                                    "customer_id": self.customers[r], "terminal_id": self.terminals[r],
-                                    "tx_amount": float(self.amount[r])}, True
+        return self.events(i, i + 1)[0]
+
+    def iter_events(self, start: int = 0, stop: int | None = None,
+                    batch: int = 5000) -> Iterator[tuple[str, dict, bool]]:
+        """(topic, value, trusted) of events ``start`` to ``stop``, built ``batch`` at a time."""
+        stop = len(self) if stop is None else stop
+        for i in range(start, stop, batch):
+            yield from self.events(i, min(i + batch, stop))
+
+    def events(self, start: int, stop: int) -> list[tuple[str, dict, bool]]:
+        """(topic, value, trusted) of events ``start`` to ``stop`` (columns gathered once per batch)."""
+        rows = self.row[start:stop]
+        ids, customers, terminals = (a[rows].tolist() for a in (self.ids, self.customers, self.terminals))
+        tx_time, amount = self.tx_time[rows].tolist(), self.amount[rows].tolist()
+        label_time, fraud = self.label_time[rows].tolist(), self.fraud[rows].tolist()
+        ok, label_ok = self.ok[rows].tolist(), self.label_ok[rows].tolist()
+        out = []
+        for j, (r, is_label) in enumerate(zip(rows.tolist(), self.kind[start:stop].tolist(), strict=True)):
+            if is_label:
+                if label_ok[j]:
+                    out.append((TOPIC_LABELS, {"transaction_id": ids[j], "tx_fraud": fraud[j],
+                                               "label_time": label_time[j]}, True))
+                else:
+                    raw = self.raw.row(r, named=True)
+                    out.append((TOPIC_LABELS, {"transaction_id": ids[j] or _plain(raw["transaction_id"]),
+                                               "tx_fraud": _plain(raw["tx_fraud"]),
+                                               "label_time": _plain(raw["label_time"])}, False))
+            elif ok[j]:
+                out.append((TOPIC_TRANSACTIONS, {"transaction_id": ids[j], "tx_datetime": tx_time[j],
+                                                 "customer_id": customers[j], "terminal_id": terminals[j],
+                                                 "tx_amount": amount[j]}, True))
+            else:
+                raw = {k: _plain(v) for k, v in self.raw.row(r, named=True).items()}
+                # Ids as the good rows carry them (an integer column with a gap reads as float), so the
+                # reason names what is actually wrong.
+                for col, value in (("transaction_id", ids[j]), ("customer_id", customers[j]),
+                                   ("terminal_id", terminals[j])):
+                    if value != "":
+                        raw[col] = value
+                out.append((TOPIC_TRANSACTIONS, raw, False))
+        return out
 
 
 class ReplaySource(EventSource):
     """In-process replay of a transaction table; as fast as possible unless ``speedup`` or ``rate`` is set."""
 
-    def __init__(self, df: pd.DataFrame | Timeline, speedup: float | None = None, rate: float | None = None):
+    def __init__(self, df: pl.DataFrame | pd.DataFrame | Timeline, speedup: float | None = None,
+                 rate: float | None = None):
         self.timeline = df if isinstance(df, Timeline) else Timeline(df)
         self.speedup, self.rate = speedup, rate
         self.next = 0
@@ -267,10 +355,8 @@ class ReplaySource(EventSource):
             while stop < end and self._due(stop) <= now:
                 stop += 1
             end = stop
-        out = []
-        for i in range(self.next, end):
-            topic, value, trusted = tl.event(i)
-            out.append(Message(topic, 0, i, value, self._due(i) if paced else now, trusted, REPLAY_PARTITION))
+        out = [Message(topic, 0, i, value, self._due(i) if paced else now, trusted, REPLAY_PARTITION)
+               for i, (topic, value, trusted) in enumerate(tl.events(self.next, end), start=self.next)]
         self.next = end
         return out
 

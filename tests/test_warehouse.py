@@ -68,7 +68,7 @@ def test_without_snapshot_a_locked_warehouse_is_a_clear_error(small_warehouse: P
         with pytest.raises(click.ClickException, match="locked by a writer"):
             _frame(None, True, None, None)
     # Once the writer is done, the same read works (read-only, released at once).
-    assert list(load_transactions(warehouse=small_warehouse).transaction_id.sort_values()) == ["a", "b", "c"]
+    assert load_transactions(warehouse=small_warehouse)["transaction_id"].sort().to_list() == ["a", "b", "c"]
 
 
 def test_with_a_snapshot_readers_do_not_touch_the_warehouse(small_warehouse: Path) -> None:
@@ -78,7 +78,7 @@ def test_with_a_snapshot_readers_do_not_touch_the_warehouse(small_warehouse: Pat
         df = load_transactions(warehouse=small_warehouse, start="2018-04-02", end="2018-04-03T00:00:00+00:00")
         with features_connection(small_warehouse, wait_s=0) as con:
             days = con.execute("select distinct day from fct_transaction_features order by 1").fetchall()
-    assert list(df.transaction_id) == ["b"] and int(df.tx_fraud[0]) == 1
+    assert df["transaction_id"].to_list() == ["b"] and df["tx_fraud"][0] == 1
     assert [str(d[0]) for d in days] == ["2018-04-01", "2018-04-02", "2018-04-03"]
     assert sorted(p.name for p in snapshot_dir(small_warehouse).iterdir()) == [
         "day=2018-04-01", "day=2018-04-02", "day=2018-04-03"]
