@@ -139,8 +139,8 @@ def select_rows(source: FeatureSource, columns: Sequence[str], start: datetime, 
         where += " and label_time <= ?"
         params.append(labels_known_at)
     cols = ", ".join(f'"{c}"' for c in columns)  # names from the feature spec / a model's metadata
-    return source.sql(f"select {cols} from {relation} where {where} order by tx_datetime, transaction_id",
-                      params=params).pl()  # through Arrow
+    return pl.from_arrow(source.sql(f"select {cols} from {relation} where {where} "
+                                    "order by tx_datetime, transaction_id", params=params).to_arrow_table())
 
 
 def feature_matrix(df: pl.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
@@ -242,8 +242,8 @@ def known_frauds(source: FeatureSource, test_start: datetime, test_end: datetime
                  pl.col("label_time").is_not_null()]
         df = source.filter(*preds).select("customer_id", "label_time").collect()
     else:
-        df = source.sql(
+        df = pl.from_arrow(source.sql(
             f"select customer_id, label_time from {relation} where tx_fraud = 1 and label_time is not null "
             "and tx_datetime >= ? and tx_datetime < ?", params=[since, test_end],
-        ).pl()
+        ).to_arrow_table())
     return df["customer_id"].cast(pl.String).to_numpy().astype(str), df["label_time"].to_numpy()
