@@ -54,15 +54,14 @@ def main() -> None:
 
     os.environ.setdefault("DAGSTER_HOME", str(get_settings().data_dir / "dagster_home"))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    import duckdb
-
+    from ml.data.warehouse import features_source
     from ml.training.evaluate import evaluate_booster, load_test_window
     from ml.training.train import XGBParams, fit
     from ml.training.training_set import SplitLengths, build
 
     wh = _ensure_warehouse()
     runs, inputs = {}, {}
-    with duckdb.connect(str(wh), read_only=True) as con:
+    with features_source(wh) as con:  # the features snapshot, scanned lazily (the warehouse if there is none)
         # 28d: the project's default window (the fit-time figure); 56d: a longer history, which the
         # validation AP prefers (more scenario-2/3 examples); book_7d: the book's own 7-day training window.
         for name, cfg in (("28d", SplitLengths(train_days=21, valid_days=7, test_days=7, delay_days=7)),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from tests._training_helpers import train_pair
@@ -78,3 +80,21 @@ def test_score_on_a_user_file_through_the_whole_pipeline(warehouse: Path, tmp_pa
     assert list(df.columns) == ["transaction_id", "score", "model"]
     assert set(df.transaction_id) == set(expected.transaction_id) and len(df) == len(expected)
     assert df.model.str.startswith("fraud-champion:").all() and df.score.notna().all()
+
+
+def test_scores_from_the_snapshot_and_from_the_warehouse_are_the_same(warehouse: Path, tmp_path: Path) -> None:
+    """``fraud score`` reads the snapshot day by day with polars, or the warehouse (no snapshot) in Arrow
+    batches: the same rows, order and scores."""
+    from ml.batch_scoring import score_range
+    from ml.data.warehouse import has_snapshot
+
+    tag = train_pair(warehouse)["good"]["tag"]
+    bare = tmp_path / "no_snapshot" / "warehouse.duckdb"
+    bare.parent.mkdir()
+    bare.symlink_to(warehouse)
+    assert has_snapshot(warehouse) and not has_snapshot(bare)
+    a = score_range(date(2018, 5, 20), date(2018, 5, 22), tmp_path / "a.parquet", tag, batch_rows=1000)
+    b = score_range(date(2018, 5, 20), date(2018, 5, 22), tmp_path / "b.parquet", tag, warehouse=bare,
+                    batch_rows=1000)
+    assert a.rows == b.rows == len(_count(warehouse, "2018-05-20", "2018-05-23")) > 1000
+    assert pq.read_table(a.out).equals(pq.read_table(b.out))

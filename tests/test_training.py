@@ -64,6 +64,29 @@ def test_fit_is_reproducible(warehouse: Path) -> None:
     assert 0.0 < meta["threshold"] < 1.0 and meta["metrics"]["valid_average_precision"] > 0.3
 
 
+def test_snapshot_scan_and_warehouse_give_the_same_rows(warehouse: Path) -> None:
+    """The lazy polars scan of the features snapshot (pruned to the windows' days) and the warehouse read
+    through Arrow give the same rows in the same order, hence the same training data and test window."""
+    import polars as pl
+
+    from ml.data.warehouse import features_source, has_snapshot
+    from ml.training.evaluate import load_test_window
+    from ml.training.training_set import build
+
+    assert has_snapshot(warehouse)
+    with features_source(warehouse) as scan, duckdb.connect(str(warehouse), read_only=True) as con:
+        assert isinstance(scan, pl.LazyFrame)
+        a, b = build(scan, DAY, _cfg()), build(con, DAY, _cfg())
+        wa = load_test_window(scan, *a.windows.test, a.train.feature_names)
+        wb = load_test_window(con, *b.windows.test, b.train.feature_names)
+    assert a.fingerprint() == b.fingerprint() and len(a.train) > 1000
+    np.testing.assert_array_equal(a.train.label_time, b.train.label_time)
+    np.testing.assert_array_equal(a.valid.tx_datetime, b.valid.tx_datetime)
+    assert wa.frame.transaction_id.tolist() == wb.frame.transaction_id.tolist()
+    known = [sorted(zip(w.known_card, w.known_label_time, strict=True)) for w in (wa, wb)]
+    assert known[0] == known[1] and known[0]
+
+
 def test_card_precision_at_k_hand_computed() -> None:
     day = np.array(["2018-01-01"] * 5 + ["2018-01-02"] * 3, dtype="datetime64[D]")
     card = np.array(["a", "a", "b", "c", "d", "a", "b", "e"])

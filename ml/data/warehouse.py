@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from ml.features.spec import FEATURES_MART, FEATURES_TABLE
 from ml.settings import get_settings
@@ -139,3 +140,24 @@ def time_range(since: datetime | None, until: datetime | None) -> tuple[str, lis
         where.append("tx_datetime < ?")
         params.append(until)
     return (" where " + " and ".join(where) if where else ""), params
+
+
+def scan_snapshot(warehouse: Path | str) -> pl.LazyFrame:
+    """A lazy polars scan of the snapshot (one generation); its hive ``day`` column prunes whole files."""
+    root = snapshot_dir(warehouse).resolve()  # pin the generation, as snapshot_connection does
+    return pl.scan_parquet(root / "day=*" / "*.parquet", hive_partitioning=True, hive_schema={"day": pl.Date})
+
+
+@contextmanager
+def features_source(warehouse: Path | str, wait_s: float | None = None
+                    ) -> Iterator[pl.LazyFrame | duckdb.DuckDBPyConnection]:
+    """The feature mart for batch readers: a lazy scan of the snapshot when there is one, else the warehouse
+    read-only (see ``connect_read_only``), read through Arrow."""
+    if has_snapshot(warehouse):
+        yield scan_snapshot(warehouse)
+        return
+    con = connect_read_only(warehouse, wait_s)
+    try:
+        yield con
+    finally:
+        con.close()

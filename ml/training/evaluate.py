@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import duckdb
 import numpy as np
 import xgboost as xgb
 
 from ml.training.metrics import EvalData, Metrics, evaluate
 from ml.training.train import predict
-from ml.training.training_set import Frame, known_frauds, load_frame
+from ml.training.training_set import FeatureSource, Frame, known_frauds, load_frame
 
 
 @dataclass
@@ -25,13 +24,13 @@ class TestWindow:
         return EvalData(f.day, f.customer_id, f.y, scores, self.known_card, self.known_label_time)
 
 
-def load_test_window(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
+def load_test_window(source: FeatureSource, start: datetime, end: datetime,
                      feature_names: list[str] | tuple[str, ...]) -> TestWindow:
-    frame = load_frame(con, start, end, feature_names=feature_names)
+    frame = load_frame(source, start, end, feature_names=feature_names)
     if len(frame) == 0:
         raise ValueError(f"no labelled transactions in the test window [{start}, {end}): "
                          "its days are not loaded yet or their labels are not known")
-    return TestWindow(frame, *known_frauds(con, start, end))
+    return TestWindow(frame, *known_frauds(source, start, end))
 
 
 def score_window(booster: xgb.Booster, window: TestWindow, feature_names: list[str] | tuple[str, ...]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import polars as pl
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
@@ -78,35 +79,36 @@ class Metrics:
 def known_compromised_mask(data: EvalData) -> np.ndarray:
     """True for test rows whose card had a fraud with label known at the start of the row's day."""
     assert data.known_card is not None and data.known_label_time is not None
-    keep_out = np.zeros(len(data.y), dtype=bool)
-    f_card, f_known = data.known_card, data.known_label_time.astype("datetime64[us]")
-    for d in np.unique(data.day):
-        start = d.astype("datetime64[us]")
-        known = set(f_card[f_known <= start].tolist())
-        if known:
-            keep_out |= (data.day == d) & np.isin(data.card, list(known))
-    return keep_out
+    # A card is known on day d iff its earliest known fraud label time is <= d 00:00.
+    first_known = (pl.DataFrame({"card": data.known_card, "known": data.known_label_time.astype("datetime64[us]")})
+                   .group_by("card").agg(pl.col("known").min()))
+    rows = pl.DataFrame({"day": data.day.astype("datetime64[D]"), "card": data.card})
+    return (rows.join(first_known, on="card", how="left", maintain_order="left")
+            .select((pl.col("known") <= pl.col("day").cast(pl.Datetime("us"))).fill_null(False))
+            .to_series().to_numpy())
 
 
 def card_precision_top_k(day: np.ndarray, card: np.ndarray, y: np.ndarray, score: np.ndarray, k: int = 100,
                          remove_detected: bool = True) -> DailyCardPrecision:
     """The book's card precision@k, day by day, removing cards detected on earlier days."""
-    detected: set = set()
+    # A card's score on a day is its highest transaction score, its label the highest label.
+    per_card = (pl.DataFrame({"day": day.astype("datetime64[D]"), "card": card, "y": y.astype(np.int64),
+                              "score": score.astype(np.float64)})
+                .group_by("day", "card").agg(pl.col("score").max(), pl.col("y").max())
+                .sort("day"))
+    detected = pl.Series("card", [], dtype=per_card.schema["card"])
     days, precisions, compromised = [], [], []
-    for d in np.unique(day):
-        sel = (day == d) & ~np.isin(card, list(detected)) if detected else (day == d)
-        cards, inverse = np.unique(card[sel], return_inverse=True)
-        max_score = np.full(len(cards), -np.inf)
-        np.maximum.at(max_score, inverse, score[sel])
-        max_y = np.zeros(len(cards), dtype=np.int64)
-        np.maximum.at(max_y, inverse, y[sel].astype(np.int64))
-        order = np.lexsort((cards, -max_score))[:k]  # highest score first; ties by card id (deterministic)
-        hits = cards[order][max_y[order] == 1]
-        days.append(str(d))
+    for (d,), cards in per_card.partition_by("day", as_dict=True, maintain_order=True).items():
+        if remove_detected and len(detected):
+            cards = cards.filter(~pl.col("card").is_in(detected))
+        # Highest score first; ties by card id (deterministic).
+        top = cards.sort(["score", "card"], descending=[True, False]).head(k)
+        hits = top.filter(pl.col("y") == 1)["card"]
+        days.append(str(np.datetime64(d, "D")))
         precisions.append(len(hits) / k)
-        compromised.append(int(max_y.sum()))
+        compromised.append(int(cards["y"].sum()))
         if remove_detected:
-            detected.update(hits.tolist())
+            detected = pl.concat([detected, hits])
     return DailyCardPrecision(days, precisions, compromised)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import polars as pl
 
 from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
 
@@ -102,37 +103,70 @@ class Frame:
         return self.tx_datetime.astype("datetime64[D]")
 
 
-def _col(a: np.ndarray, dtype: str) -> np.ndarray:
-    if isinstance(a, np.ma.MaskedArray):
-        return a.astype(dtype).filled(np.nan) if dtype.startswith("float") else a.filled(0).astype(dtype)
-    return a.astype(dtype, copy=False)
+# Where feature rows come from: a lazy polars scan (the mart's Parquet snapshot, a training-set file) or a
+# DuckDB connection on which ``relation`` is readable (the warehouse), read through Arrow.
+FeatureSource = pl.LazyFrame | duckdb.DuckDBPyConnection
+
+_ORDER = ["tx_datetime", "transaction_id"]
 
 
-def load_frame(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
-               feature_names: Sequence[str] = FEATURE_NAMES, labels_known_at: datetime | None = None,
-               relation: str = FEATURES_TABLE) -> Frame:
-    """Labelled rows with tx_datetime in [start, end) (and label_time <= labels_known_at if given)."""
-    cols = {r[0] for r in con.execute(f"describe select * from {relation}").fetchall()}
-    missing = [f for f in feature_names if f not in cols]
-    if missing:
-        raise ValueError(f"{relation} lacks feature column(s) {missing}: rebuild the features (dbt) for this "
-                         "spec")
-    feats = ", ".join(f'"{f}"' for f in feature_names)
+def columns_of(source: FeatureSource, relation: str) -> list[str]:
+    if isinstance(source, pl.LazyFrame):
+        return source.collect_schema().names()
+    return [r[0] for r in source.execute(f"describe select * from {relation}").fetchall()]
+
+
+def _window_filter(start: datetime, end: datetime, columns: Sequence[str]) -> list[pl.Expr]:
+    """tx_datetime in [start, end); on a hive-partitioned scan also its ``day``, which skips whole files."""
+    out = [pl.col("tx_datetime") >= start, pl.col("tx_datetime") < end]
+    if "day" in columns:
+        out.append(pl.col("day").is_between(start.date(), (end - timedelta(microseconds=1)).date()))
+    return out
+
+
+def select_rows(source: FeatureSource, columns: Sequence[str], start: datetime, end: datetime,
+                labels_known_at: datetime | None = None, relation: str = FEATURES_TABLE) -> pl.DataFrame:
+    """``columns`` of the labelled rows with tx_datetime in [start, end) (and label_time <= labels_known_at
+    if given), ordered by (tx_datetime, transaction_id)."""
+    if isinstance(source, pl.LazyFrame):
+        preds = [*_window_filter(start, end, columns_of(source, relation)), pl.col("tx_fraud").is_not_null()]
+        if labels_known_at is not None:
+            preds.append(pl.col("label_time") <= labels_known_at)
+        return source.filter(*preds).sort(_ORDER).select(columns).collect()
     where = "tx_datetime >= ? and tx_datetime < ? and tx_fraud is not null"
     params: list[object] = [start, end]
     if labels_known_at is not None:
         where += " and label_time <= ?"
         params.append(labels_known_at)
-    r = con.execute(
-        f"select transaction_id, tx_datetime, customer_id, label_time, tx_fraud, {feats} from {relation} "
-        f"where {where} order by tx_datetime, transaction_id", params,
-    ).fetchnumpy()
-    X = (np.column_stack([_col(r[f], "float32") for f in feature_names]) if len(r["tx_fraud"])
-         else np.zeros((0, len(feature_names)), dtype=np.float32))
+    cols = ", ".join(f'"{c}"' for c in columns)  # names from the feature spec / a model's metadata
+    return pl.from_arrow(source.sql(f"select {cols} from {relation} where {where} "
+                                    "order by tx_datetime, transaction_id", params=params).to_arrow_table())
+
+
+def feature_matrix(df: pl.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
+    """The float32 matrix of ``feature_names`` (nulls as NaN, row-major), what XGBoost reads."""
+    return df.select(pl.col(list(feature_names)).cast(pl.Float32)).to_numpy(order="c")
+
+
+def load_frame(source: FeatureSource, start: datetime, end: datetime,
+               feature_names: Sequence[str] = FEATURE_NAMES, labels_known_at: datetime | None = None,
+               relation: str = FEATURES_TABLE) -> Frame:
+    """Labelled rows with tx_datetime in [start, end) (and label_time <= labels_known_at if given)."""
+    cols = set(columns_of(source, relation))
+    missing = [f for f in feature_names if f not in cols]
+    if missing:
+        raise ValueError(f"{relation} lacks feature column(s) {missing}: rebuild the features (dbt) for this "
+                         "spec")
+    ids = ["transaction_id", "tx_datetime", "customer_id", "label_time", "tx_fraud"]
+    df = select_rows(source, [*ids, *(f for f in feature_names if f not in ids)], start, end,
+                     labels_known_at, relation)
     return Frame(
-        transaction_id=r["transaction_id"].astype(str), tx_datetime=r["tx_datetime"],
-        customer_id=r["customer_id"].astype(str), label_time=r["label_time"],
-        y=_col(r["tx_fraud"], "int8"), X=X, feature_names=tuple(feature_names),
+        transaction_id=df["transaction_id"].cast(pl.String).to_numpy().astype(str),
+        tx_datetime=df["tx_datetime"].to_numpy(),
+        customer_id=df["customer_id"].cast(pl.String).to_numpy().astype(str),
+        label_time=df["label_time"].to_numpy(),
+        y=df["tx_fraud"].cast(pl.Int8).to_numpy(), X=feature_matrix(df, feature_names),
+        feature_names=tuple(feature_names),
     )
 
 
@@ -157,11 +191,11 @@ def fingerprint(*frames: Frame) -> str:
     return h.hexdigest()[:16]
 
 
-def build(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cfg: SplitLengths = SplitLengths(),
+def build(source: FeatureSource, day: str | date | datetime, cfg: SplitLengths = SplitLengths(),
           relation: str = FEATURES_TABLE) -> TrainingData:
     w = windows_for(day, cfg)
-    train = load_frame(con, *w.train, labels_known_at=w.day, relation=relation)
-    valid = load_frame(con, *w.valid, labels_known_at=w.day, relation=relation)
+    train = load_frame(source, *w.train, labels_known_at=w.day, relation=relation)
+    valid = load_frame(source, *w.valid, labels_known_at=w.day, relation=relation)
     for name, fr in (("training", train), ("validation", valid)):
         if len(fr) == 0 or fr.y.sum() == 0:
             raise ValueError(f"{name} window {w.as_dict()} has no labelled rows or no fraud: "
@@ -188,11 +222,9 @@ def write_parquet(con: duckdb.DuckDBPyConnection, day: str | date | datetime, cf
 
 def read_parquet(path: Path, day: str | date | datetime, cfg: SplitLengths) -> TrainingData:
     """The TrainingData of a file written by ``write_parquet`` (same rows as ``build``)."""
-    with duckdb.connect() as con:
-        con.read_parquet(str(path)).create_view("training_rows")
-        w = windows_for(day, cfg)
-        return TrainingData(w, load_frame(con, *w.train, relation="training_rows"),
-                            load_frame(con, *w.valid, relation="training_rows"))
+    rows = pl.scan_parquet(path)
+    w = windows_for(day, cfg)
+    return TrainingData(w, load_frame(rows, *w.train), load_frame(rows, *w.valid))
 
 
 # The book removes the cards of frauds seen since its training start: 7 training days + 7 delay days before
@@ -200,13 +232,18 @@ def read_parquet(path: Path, day: str | date | datetime, cfg: SplitLengths) -> T
 KNOWN_COMPROMISED_LOOKBACK_DAYS = 14
 
 
-def known_frauds(con: duckdb.DuckDBPyConnection, test_start: datetime, test_end: datetime,
+def known_frauds(source: FeatureSource, test_start: datetime, test_end: datetime,
                  lookback_days: float = KNOWN_COMPROMISED_LOOKBACK_DAYS,
                  relation: str = FEATURES_TABLE) -> tuple[np.ndarray, np.ndarray]:
     """(customer_id, label_time) of frauds from test_start - lookback to test_end with a known label time."""
-    r = con.execute(
-        f"select customer_id, label_time from {relation} where tx_fraud = 1 and label_time is not null "
-        "and tx_datetime >= ? and tx_datetime < ?",
-        [test_start - timedelta(days=lookback_days), test_end],
-    ).fetchnumpy()
-    return r["customer_id"].astype(str), r["label_time"]
+    since = test_start - timedelta(days=lookback_days)
+    if isinstance(source, pl.LazyFrame):
+        preds = [*_window_filter(since, test_end, columns_of(source, relation)), pl.col("tx_fraud") == 1,
+                 pl.col("label_time").is_not_null()]
+        df = source.filter(*preds).select("customer_id", "label_time").collect()
+    else:
+        df = pl.from_arrow(source.sql(
+            f"select customer_id, label_time from {relation} where tx_fraud = 1 and label_time is not null "
+            "and tx_datetime >= ? and tx_datetime < ?", params=[since, test_end],
+        ).to_arrow_table())
+    return df["customer_id"].cast(pl.String).to_numpy().astype(str), df["label_time"].to_numpy()
