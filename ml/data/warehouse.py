@@ -59,7 +59,7 @@ def export_features(con: duckdb.DuckDBPyConnection, warehouse: Path | str,
     gen = gens / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     staging = gens / f".tmp-{gen.name}"
     con.execute("set enable_progress_bar = false")
-    rel = con.sql(f"select *, cast(tx_datetime as date) as day from {table}")
+    rel = con.table(table).project("*, cast(tx_datetime as date) as day")
     rel.write_parquet(str(staging), partition_by=["day"])
     staging.rename(gen)  # complete before it can be pointed at
     if link.exists() and not link.is_symlink():  # a directory from elsewhere: keep it, out of the way

@@ -113,7 +113,7 @@ _ORDER = ["tx_datetime", "transaction_id"]
 def columns_of(source: FeatureSource, relation: str) -> list[str]:
     if isinstance(source, pl.LazyFrame):
         return source.collect_schema().names()
-    return [r[0] for r in source.execute(f"describe select * from {relation}").fetchall()]
+    return source.table(relation).columns
 
 
 def _window_filter(start: datetime, end: datetime, columns: Sequence[str]) -> list[pl.Expr]:

@@ -167,7 +167,7 @@ def _evaluate(con, model, test_start, test_end, k: int):  # -> (Metrics, scores,
 
 
 def _check_complete(con, test_end, delay_days: float) -> None:
-    last = con.execute(f"select max(tx_datetime) from {FEATURES_TABLE}").fetchone()[0]
+    last = con.table(FEATURES_TABLE).aggregate("max(tx_datetime)").fetchall()[0][0]
     if last is None or last < test_end - timedelta(days=1):
         raise dg.Failure(f"test window ends {test_end} but the warehouse stops at {last}: evaluate this day "
                          f"once its test labels are known (D + test_days + {delay_days:g} days)")
