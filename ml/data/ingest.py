@@ -352,10 +352,15 @@ def land(
                        landed=int(landed), recorded={k: int(v) for k, v in recorded.items()})
 
 
+def _register(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) -> None:
+    # Arrow string views, as polars holds them: DuckDB reads them without a copy of every string.
+    con.register(_VIEW, checked.to_arrow(compat_level=pl.CompatLevel.newest()))
+
+
 def _mark_already_landed(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) -> pl.DataFrame:
     """A row whose transaction_id another slice or source landed is a duplicate, not an update; ``checked``,
     so marked, is left registered for the inserts."""
-    con.register(_VIEW, checked)
+    _register(con, checked)
     landed = con.sql(f"select transaction_id from {_VIEW} where reason is null "
                      "and transaction_id in (select transaction_id from raw.transactions)").pl()
     if landed.is_empty():
@@ -363,5 +368,5 @@ def _mark_already_landed(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) 
     again = pl.col("reason").is_null() & pl.col("transaction_id").is_in(landed["transaction_id"].implode())
     checked = checked.with_columns(pl.when(again).then(pl.lit(ALREADY_LANDED)).otherwise("reason").alias("reason"))
     con.unregister(_VIEW)
-    con.register(_VIEW, checked)
+    _register(con, checked)
     return checked
