@@ -25,6 +25,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from ml.contract import FORBIDDEN_ID_CHARS, MAX_ID_LEN, limits
 
@@ -335,7 +336,7 @@ def land(
     finally:
         con.unregister(_VIEW)
     rows_in = checked.height
-    quarantined = {r: int(n) for r, n in checked.drop_nulls("reason").group_by("reason").len().iter_rows()}
+    quarantined = {r: int(n) for r, n in checked.group_by("reason").len().drop_nulls("reason").iter_rows()}
     del checked
     rows, frauds = con.execute(
         "select count(*), coalesce(sum(tx_fraud), 0) from raw.transactions "
@@ -353,8 +354,9 @@ def land(
 
 
 def _register(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) -> None:
-    # Arrow string views, as polars holds them: DuckDB reads them without a copy of every string.
-    con.register(_VIEW, checked.to_arrow(compat_level=pl.CompatLevel.newest()))
+    # Column by column through the Arrow stream interface: no copy, string views as polars holds them
+    # (DataFrame.to_arrow would first re-chunk every column to one layout, a copy of the whole frame).
+    con.register(_VIEW, pa.table({s.name: pa.chunked_array(s) for s in checked.iter_columns()}))
 
 
 def _mark_already_landed(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) -> pl.DataFrame:
