@@ -25,7 +25,6 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-import pyarrow as pa
 
 from ml.contract import FORBIDDEN_ID_CHARS, MAX_ID_LEN, limits
 
@@ -204,7 +203,7 @@ def _read(path: Path) -> pl.DataFrame:
         _scenario(_number("tx_fraud_scenario_raw", types["tx_fraud_scenario_raw"])).alias("tx_fraud_scenario"),
         (~pl.col("transaction_id").is_first_distinct()).alias("dup_later"),
     )
-    return _reparse(lf.collect(engine="streaming"))
+    return _reparse(lf.collect(engine="streaming").rechunk())
 
 
 def _as_text(c: str) -> pl.Expr:
@@ -353,10 +352,15 @@ def land(
                        landed=int(landed), recorded={k: int(v) for k, v in recorded.items()})
 
 
+# What the statements read: the rest of the checked frame stays in polars.
+_SQL_COLUMNS = ("reason", "transaction_id", "customer_id", "terminal_id", "tx_datetime", "tx_amount", "tx_fraud",
+                "label_known_at", "tx_fraud_scenario", "tx_datetime_raw", "tx_amount_raw", "tx_fraud_raw",
+                "label_time_raw")
+
+
 def _register(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) -> None:
-    # Column by column through the Arrow stream interface: no copy, string views as polars holds them
-    # (DataFrame.to_arrow would first re-chunk every column to one layout, a copy of the whole frame).
-    con.register(_VIEW, pa.table({s.name: pa.chunked_array(s) for s in checked.iter_columns()}))
+    # Arrow string views, as polars holds them: DuckDB reads them without converting every string.
+    con.register(_VIEW, checked.select(_SQL_COLUMNS).to_arrow(compat_level=pl.CompatLevel.newest()))
 
 
 def _mark_already_landed(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) -> pl.DataFrame:
