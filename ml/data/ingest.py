@@ -299,6 +299,10 @@ from {_VIEW}
 where reason is not null
   and not (reason = $outside and transaction_id in (select transaction_id from raw.transactions))
 """
+_SELECT_ALREADY_LANDED = f"""
+select transaction_id from {_VIEW}
+where reason is null and transaction_id in (select transaction_id from raw.transactions)
+"""
 
 
 def land(
@@ -367,8 +371,7 @@ def _mark_already_landed(con: duckdb.DuckDBPyConnection, checked: pl.DataFrame) 
     """A row whose transaction_id another slice or source landed is a duplicate, not an update; ``checked``,
     so marked, is left registered for the inserts."""
     _register(con, checked)
-    landed = con.sql(f"select transaction_id from {_VIEW} where reason is null "
-                     "and transaction_id in (select transaction_id from raw.transactions)").pl()
+    landed = con.sql(_SELECT_ALREADY_LANDED).pl()
     if landed.is_empty():
         return checked
     again = pl.col("reason").is_null() & pl.col("transaction_id").is_in(landed["transaction_id"].implode())

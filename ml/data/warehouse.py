@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -161,3 +161,20 @@ def features_source(warehouse: Path | str, wait_s: float | None = None
         yield con
     finally:
         con.close()
+
+
+# Feature rows are read through DuckDB relations built from expressions: column names and values reach DuckDB
+# as objects, never as SQL text.
+TIME_ORDER = ("tx_datetime", "transaction_id")
+
+
+def in_window(start: datetime, end: datetime) -> duckdb.Expression:
+    """``tx_datetime`` in [start, end)."""
+    t = duckdb.ColumnExpression("tx_datetime")
+    return (t >= duckdb.ConstantExpression(start)) & (t < duckdb.ConstantExpression(end))
+
+
+def column_exprs(names: Iterable[str]) -> list[duckdb.Expression]:
+    """The columns, by name (any characters), as expressions."""
+    return [duckdb.ColumnExpression(n) for n in names]
+

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from duckdb import ColumnExpression, ConstantExpression, FunctionExpression
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.container import MetricContainer
 from evidently.core.metric_types import CountValue, Metric, MetricResult, SingleValue
@@ -39,6 +40,7 @@ from evidently.metrics import (
 from evidently.presets import ClassificationPreset, DataDriftPreset
 from sklearn.metrics import average_precision_score
 
+from ml.data.warehouse import TIME_ORDER, column_exprs, in_window
 from ml.features.spec import FEATURES_TABLE
 from ml.monitoring.thresholds import DriftThresholds
 from ml.settings import Settings
@@ -108,20 +110,16 @@ def load_features(
 
     Sampling is deterministic (hash of the transaction id), so the same window gives the same reference.
     """
-    # Column names come from a model's metadata: quoted as identifiers (a '"' doubled), never as SQL.
-    cols = ", ".join('"' + c.replace('"', '""') + '"'
-                     for c in ("transaction_id", "tx_datetime", TARGET, "label_time", *columns))
-    where = "tx_datetime >= ? AND tx_datetime < ?"
-    params: list[Any] = [to_datetime(start), to_datetime(end)]
-    order = "ORDER BY tx_datetime, transaction_id"
+    names = ("transaction_id", "tx_datetime", TARGET, "label_time", *columns)
     # A cursor of its own: a result the caller left unfinished on ``con`` must not block these reads.
     with con.cursor() as cur:
-        if sample:
-            n = cur.sql(f"SELECT count(*) FROM {FEATURES_TABLE} WHERE {where}", params=params).fetchall()[0][0]
-            if n > sample:
-                order = "ORDER BY hash(transaction_id || ?) LIMIT ?"
-                params += [str(seed), int(sample)]
-        return cur.sql(f"SELECT {cols} FROM {FEATURES_TABLE} WHERE {where} {order}", params=params).pl()
+        rows = cur.table(FEATURES_TABLE).filter(in_window(to_datetime(start), to_datetime(end)))
+        if sample and rows.aggregate("count(*)").fetchall()[0][0] > sample:
+            salted = FunctionExpression("concat", ColumnExpression("transaction_id"), ConstantExpression(str(seed)))
+            rows = rows.sort(FunctionExpression("hash", salted)).limit(int(sample))
+        else:
+            rows = rows.sort(*column_exprs(TIME_ORDER))
+        return rows.select(*column_exprs(names)).pl()
 
 
 def _numeric(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:

@@ -25,6 +25,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from ml.data.warehouse import TIME_ORDER, column_exprs, in_window
 from ml.features.spec import FEATURE_NAMES, FEATURES_TABLE
 
 
@@ -107,7 +108,6 @@ class Frame:
 # DuckDB connection on which ``relation`` is readable (the warehouse), read through Arrow.
 FeatureSource = pl.LazyFrame | duckdb.DuckDBPyConnection
 
-_ORDER = ["tx_datetime", "transaction_id"]
 
 
 def columns_of(source: FeatureSource, relation: str) -> list[str]:
@@ -132,15 +132,11 @@ def select_rows(source: FeatureSource, columns: Sequence[str], start: datetime, 
         preds = [*_window_filter(start, end, columns_of(source, relation)), pl.col("tx_fraud").is_not_null()]
         if labels_known_at is not None:
             preds.append(pl.col("label_time") <= labels_known_at)
-        return source.filter(*preds).sort(_ORDER).select(columns).collect()
-    where = "tx_datetime >= ? and tx_datetime < ? and tx_fraud is not null"
-    params: list[object] = [start, end]
+        return source.filter(*preds).sort(list(TIME_ORDER)).select(columns).collect()
+    rows = source.table(relation).filter(in_window(start, end) & duckdb.ColumnExpression("tx_fraud").isnotnull())
     if labels_known_at is not None:
-        where += " and label_time <= ?"
-        params.append(labels_known_at)
-    cols = ", ".join(f'"{c}"' for c in columns)  # names from the feature spec / a model's metadata
-    return pl.from_arrow(source.sql(f"select {cols} from {relation} where {where} "
-                                    "order by tx_datetime, transaction_id", params=params).to_arrow_table())
+        rows = rows.filter(duckdb.ColumnExpression("label_time") <= duckdb.ConstantExpression(labels_known_at))
+    return rows.sort(*column_exprs(TIME_ORDER)).select(*column_exprs(columns)).pl()
 
 
 def feature_matrix(df: pl.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
